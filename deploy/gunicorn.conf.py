@@ -1,0 +1,46 @@
+"""gunicorn settings for rtt-receiver.
+
+Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'`.
+
+Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
+WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4).
+
+Worker class: gthread. Each callback spends most of its time waiting on one Redis round trip,
+so threads overlap those waits without the monkey-patching of gevent/eventlet; a thread pool per
+worker also keeps keep-alive connections from a load balancer from pinning a whole process, as
+sync workers would. See the README's performance section for the measurements.
+"""
+
+import os
+
+bind = (
+    os.environ.get("BIND")
+    or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+)
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
+timeout = 30
+graceful_timeout = 30  # on SIGTERM, in-flight callbacks get this long to finish
+# Bounded request parsing: Twilio's callbacks are small.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = None
+errorlog = "-"
+# Several receivers may run on one host (tests, blue/green): no shared control socket.
+control_socket_disable = True
+loglevel = os.environ.get("LOG_LEVEL", "info")
+
+
+def on_starting(server):
+    """Refuse to start on a bad configuration, with the reason, before any worker boots."""
+    from receiver.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        raise SystemExit(f"rtt-receiver: {error}") from None
+    if not settings.redis_url:
+        raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")

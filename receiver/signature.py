@@ -1,0 +1,81 @@
+"""Twilio request signing: the only module that knows how X-Twilio-Signature is made.
+
+The HMAC itself is the ``twilio`` package's (``RequestValidator.compute_signature``); this
+module decides *which* URL and parameters it is computed over, and tries several auth tokens so
+that a token can be rotated without dropping callbacks.
+
+``RequestValidator.validate`` always computes two HMACs (the URL with and without its default
+port) because Twilio is inconsistent about the port. We compute the variant that matches the
+URL as received first, and the other only when that fails: same acceptance, half the work on
+the common path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from twilio.request_validator import (
+    HMAC_SHA1,
+    RequestValidator,
+    add_port,
+    compare,
+    get_signature_algorithm,
+    remove_port,
+)
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+# Base64 of a SHA-256 digest is 44 characters; anything much longer is not a signature.
+MAX_SIGNATURE_LENGTH = 128
+
+Params = Mapping[str, Sequence[str]]
+
+
+class _MultiParams(dict):
+    """A dict of name -> list of values that ``RequestValidator.get_values`` understands."""
+
+    def getall(self, name: str) -> Sequence[str]:
+        return self[name]
+
+
+@lru_cache(maxsize=16)
+def _validator(token: str) -> RequestValidator:
+    return RequestValidator(token)
+
+
+def url_variants(url: str) -> tuple[str, str]:
+    """The URL as received first, then its twin with the default port added or removed."""
+    parsed = urlsplit(url)
+    other = remove_port(parsed) if parsed.port else add_port(parsed)
+    return url, other
+
+
+def compute(token: str, url: str, params: Params, algorithm: str = HMAC_SHA1) -> str:
+    """The signature Twilio sends for ``url`` and form ``params`` (empty for GET)."""
+    return _validator(token).compute_signature(url, _MultiParams(params), algorithm)
+
+
+def is_valid(
+    url: str,
+    params: Params,
+    signature: str | None,
+    tokens: Iterable[str],
+    settings_header: str | None = None,
+) -> bool:
+    """True when ``signature`` was made by any of ``tokens`` for this URL and these params."""
+    if not signature or len(signature) > MAX_SIGNATURE_LENGTH:
+        return False
+    algorithm = get_signature_algorithm(settings_header)
+    multi = _MultiParams(params)
+    try:
+        for candidate in url_variants(url):
+            for token in tokens:
+                computed = _validator(token).compute_signature(candidate, multi, algorithm)
+                if compare(computed, signature):
+                    return True
+    except ValueError:
+        # An algorithm this twilio release does not know: not a signature we can trust.
+        return False
+    return False

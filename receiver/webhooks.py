@@ -1,0 +1,150 @@
+"""HTTP endpoints: the only module that touches ``flask.request``.
+
+A callback goes request -> verified request -> normalized event -> stream entry. The answer
+tells Twilio what to do next: 2xx means stored (or stored before), 4xx means "do not retry"
+(Twilio will not), 503 means "retry" (Twilio retries 5xx).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import redis
+from flask import Blueprint, Flask, Request, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import signature
+from .config import Settings
+from .events import InvalidEvent, TrackLabels, now_iso, parse
+from .streams import Store
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+CALLBACK_PATH = "/transcriptions/callback"
+LABEL_PARAMS = ("inbound_label", "outbound_label")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """What the views need, kept on ``app.extensions['receiver']``."""
+
+    settings: Settings
+    store: Store
+
+
+class Refused(HTTPException):
+    """A 4xx or 5xx answer with a short reason, rendered as JSON."""
+
+    def __init__(self, code: int, reason: str, **headers: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.extra_headers = headers
+
+
+def _receiver() -> Receiver:
+    return current_app.extensions["receiver"]
+
+
+def signed_url(req: Request, settings: Settings) -> str:
+    """The URL Twilio signed: the public one, not necessarily the one this process sees.
+
+    With ``PUBLIC_BASE_URL`` the scheme, host and prefix come from configuration; otherwise
+    from the request, after ``ProxyFix`` has applied exactly ``PROXY_HOPS`` trusted hops. The
+    query string is used byte for byte as received: re-encoding it breaks signatures.
+    """
+    path = quote(
+        req.path if settings.public_base_url else req.root_path + req.path,
+        safe="/!$&'()*+,;=:@-._~%",
+    )
+    base = settings.public_base_url or f"{req.scheme}://{req.host}"
+    query = req.query_string.decode("utf-8", "replace")
+    return f"{base}{path}?{query}" if query else f"{base}{path}"
+
+
+def _form_params(req: Request) -> dict[str, list[str]]:
+    if req.method != "POST":
+        return {}
+    if req.content_length and req.mimetype not in FORM_TYPES:
+        raise Refused(415, f"callbacks are form-encoded; got Content-Type {req.mimetype!r}")
+    return req.form.to_dict(flat=False)
+
+
+def _verify(req: Request, settings: Settings) -> dict[str, list[str]]:
+    """The callback's signed parameters, or a 403 when the signature does not hold."""
+    form = _form_params(req)
+    url = signed_url(req, settings)
+    header = req.headers.get(signature.SIGNATURE_HEADER)
+    if header is None:
+        raise Refused(403, f"missing {signature.SIGNATURE_HEADER} header")
+    if not signature.is_valid(
+        url, form, header, settings.auth_tokens, req.headers.get(signature.SETTINGS_HEADER)
+    ):
+        raise Refused(403, f"invalid {signature.SIGNATURE_HEADER} for {url}")
+    if req.method == "POST":
+        params = form
+    else:
+        params = req.args.to_dict(flat=False)
+        for name in LABEL_PARAMS:
+            params.pop(name, None)
+    account = (params.get("AccountSid") or [None])[0]
+    if settings.account_sid and account != settings.account_sid:
+        raise Refused(403, f"AccountSid {account!r} is not this receiver's account")
+    return params
+
+
+@bp.route(CALLBACK_PATH, methods=["GET", "POST"])
+def callback():
+    app = _receiver()
+    params = _verify(request, app.settings)
+    received_at = now_iso()
+    labels = TrackLabels(request.args.get("inbound_label"), request.args.get("outbound_label"))
+    try:
+        event = parse(params, received_at=received_at, url_labels=labels)
+    except InvalidEvent as error:
+        app.store.reject(
+            error,
+            params,
+            received_at=received_at,
+            method=request.method,
+            url=signed_url(request, app.settings),
+        )
+        raise Refused(400, str(error)) from None
+    outcome = app.store.append(event)
+    return jsonify(outcome=outcome), 200
+
+
+@bp.route("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.route("/readyz")
+def readyz():
+    try:
+        _receiver().store.ping()
+    except redis.RedisError as error:
+        return jsonify(status="unavailable", redis=type(error).__name__), 503
+    return jsonify(status="ready", redis="ok")
+
+
+def _refused(error: HTTPException):
+    response = jsonify(error=error.description, status=error.code)
+    response.status_code = error.code or 500
+    for name, value in getattr(error, "extra_headers", {}).items():
+        response.headers[name.replace("_", "-")] = value
+    return response
+
+
+def _redis_down(error: redis.RedisError):
+    log.warning("redis unavailable: %s", type(error).__name__)
+    return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _refused)
+    app.register_error_handler(redis.RedisError, _redis_down)
