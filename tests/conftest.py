@@ -1,0 +1,52 @@
+"""Fixtures shared by the tests: a real Redis server, the app, a client, signed callbacks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from receiver import create_app
+from receiver.config import Settings
+from receiver.embedded import EmbeddedRedis
+
+from .twilio_calls import TOKEN
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, redis_client: redis.Redis) -> Settings:
+    return Settings(auth_tokens=(TOKEN,), redis_url=redis_server.url)
+
+
+@pytest.fixture
+def app(settings: Settings):
+    app = create_app(settings)
+    app.config.update(TESTING=True)
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def call_sid() -> str:
+    return "CA" + uuid.uuid4().hex
