@@ -92,3 +92,7 @@ def serve(host: str, port: int, data_dir: Path, gunicorn_config: Path) -> None:
             embedded.stop()
             click.echo("Embedded Redis stopped.")
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

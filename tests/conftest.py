@@ -12,6 +12,7 @@ from receiver import create_app
 from receiver.config import Settings
 from receiver.embedded import EmbeddedRedis
 
+from .processes import ReceiverProcess
 from .twilio_calls import TOKEN
 
 
@@ -50,3 +51,20 @@ def client(app):
 @pytest.fixture
 def call_sid() -> str:
     return "CA" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def start_receiver(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path):
+    """Start the real app under gunicorn with deploy/gunicorn.conf.py; returns its base URL."""
+    started: list[ReceiverProcess] = []
+
+    def start(**env: str) -> ReceiverProcess:
+        process = ReceiverProcess.start(
+            {"REDIS_URL": redis_server.url, "TWILIO_AUTH_TOKEN": TOKEN, **env}, tmp_path
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -59,8 +59,9 @@ def test_public_base_url_trailing_slash_removed():
 
 
 def test_repr_hides_secrets():
-    s = load_settings(dict(BASE, TWILIO_AUTH_TOKEN="supersecret",
-                           REDIS_URL="redis://user:hunter2@host:6379/0"))
+    s = load_settings(
+        dict(BASE, TWILIO_AUTH_TOKEN="supersecret", REDIS_URL="redis://user:hunter2@host:6379/0")
+    )
     assert "supersecret" not in repr(s)
     assert "hunter2" not in repr(s)
     assert redact_url("rediss://u:p@h:1/0") == "rediss://u:***@h:1/0"

@@ -41,28 +41,62 @@ def callback(
     return params
 
 
-def content(call_sid, transcription_sid, seq, text, *, track="inbound_track", final=True,
-            confidence=0.93, **fields) -> dict[str, str]:
+def content(
+    call_sid,
+    transcription_sid,
+    seq,
+    text,
+    *,
+    track="inbound_track",
+    final=True,
+    confidence=0.93,
+    **fields,
+) -> dict[str, str]:
     data = {"transcript": text, "confidence": confidence} if final else {"transcript": text}
     extra = {} if final else {"Stability": "0.8"}
-    return callback("content", call_sid, transcription_sid, seq, Track=track,
-                    TranscriptionData=json.dumps(data), Final="true" if final else "false",
-                    LanguageCode="en-US", **extra, **fields)
+    return callback(
+        "content",
+        call_sid,
+        transcription_sid,
+        seq,
+        Track=track,
+        TranscriptionData=json.dumps(data),
+        Final="true" if final else "false",
+        LanguageCode="en-US",
+        **extra,
+        **fields,
+    )
 
 
 def whole_call(call_sid: str, transcription_sid: str) -> list[dict[str, str]]:
     """A short two-party call: started, partials and finals on both tracks, stopped."""
-    events = [callback("started", call_sid, transcription_sid, 1, Name="support",
-                       Track="both_tracks", LanguageCode="en-US", PartialResults="true",
-                       InboundTrackLabel="customer", OutboundTrackLabel="agent",
-                       TranscriptionEngine="google")]
+    events = [
+        callback(
+            "started",
+            call_sid,
+            transcription_sid,
+            1,
+            Name="support",
+            Track="both_tracks",
+            LanguageCode="en-US",
+            PartialResults="true",
+            InboundTrackLabel="customer",
+            OutboundTrackLabel="agent",
+            TranscriptionEngine="google",
+        )
+    ]
     seq = 2
-    for track, words in (("inbound_track", "hello I need help"),
-                         ("outbound_track", "sure what is wrong")):
+    for track, words in (
+        ("inbound_track", "hello I need help"),
+        ("outbound_track", "sure what is wrong"),
+    ):
         parts = words.split()
         for n in range(1, len(parts)):
-            events.append(content(call_sid, transcription_sid, seq, " ".join(parts[:n]),
-                                  track=track, final=False))
+            events.append(
+                content(
+                    call_sid, transcription_sid, seq, " ".join(parts[:n]), track=track, final=False
+                )
+            )
             seq += 1
         events.append(content(call_sid, transcription_sid, seq, words, track=track))
         seq += 1
@@ -70,16 +104,33 @@ def whole_call(call_sid: str, transcription_sid: str) -> list[dict[str, str]]:
     return events
 
 
-def post(client, params: dict, *, base="http://localhost", query: dict | None = None,
-         token: str = TOKEN, headers: dict | None = None):
+def post(
+    client,
+    params: dict,
+    *,
+    base="http://localhost",
+    query: dict | None = None,
+    token: str = TOKEN,
+    headers: dict | None = None,
+):
     path = CALLBACK_PATH + ("?" + urlencode(query) if query else "")
     sig = sign(base + path, params, token)
-    return client.post(path, data=params, headers={"X-Twilio-Signature": sig, **(headers or {})},
-                       base_url=base)
+    return client.post(
+        path, data=params, headers={"X-Twilio-Signature": sig, **(headers or {})}, base_url=base
+    )
 
 
-def get(client, params: dict, *, base="http://localhost", token: str = TOKEN,
-        headers: dict | None = None):
+def get(
+    client,
+    params: dict,
+    *,
+    base="http://localhost",
+    token: str = TOKEN,
+    headers: dict | None = None,
+):
     path = CALLBACK_PATH + "?" + urlencode(params)
-    return client.get(path, headers={"X-Twilio-Signature": sign(base + path, None, token),
-                                     **(headers or {})}, base_url=base)
+    return client.get(
+        path,
+        headers={"X-Twilio-Signature": sign(base + path, None, token), **(headers or {})},
+        base_url=base,
+    )
