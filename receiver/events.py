@@ -59,6 +59,7 @@ CONTENT_PARAMS = ("Track", "TranscriptionData", "Final", "Stability", "LanguageC
 ERROR_PARAMS = {"TranscriptionErrorCode": "error_code", "TranscriptionError": "error_message"}
 
 MAX_VALUE_LENGTH = 64 * 1024
+MAX_SEQUENCE_ID = 2**53 - 1
 
 
 class InvalidEvent(ValueError):
@@ -140,8 +141,11 @@ def _sequence_id(params: Mapping[str, Sequence[str]]) -> int | None:
     raw = _one(params, "SequenceId")
     if raw is None or raw == "":
         return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit():
         raise InvalidEvent("SequenceId", raw, "must be a non-negative integer")
+    if len(raw) > 16 or int(raw) > MAX_SEQUENCE_ID:
+        # Sorted-set scores and Lua numbers are doubles: larger integers lose their order.
+        raise InvalidEvent("SequenceId", raw, f"must be at most {MAX_SEQUENCE_ID}")
     return int(raw)
 
 

@@ -361,6 +361,8 @@ class TestBadInput:
             ({"TranscriptionData": "[1, 2]"}, "TranscriptionData"),
             ({"SequenceId": "seven"}, "SequenceId"),
             ({"SequenceId": "-1"}, "SequenceId"),
+            ({"SequenceId": str(2**53)}, "SequenceId"),
+            ({"SequenceId": "\uff11\uff12"}, "SequenceId"),  # full-width digits
             ({"Final": "maybe"}, "Final"),
             ({"TranscriptionEvent": None}, "TranscriptionEvent"),
         ],
