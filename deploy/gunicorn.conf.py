@@ -3,7 +3,12 @@
 Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'`.
 
 Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
-WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4).
+WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4);
+LOG_LEVEL, LOG_FORMAT (see receiver/logs.py); PROMETHEUS_MULTIPROC_DIR (see below).
+
+Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so that /metrics
+adds up all workers. When it is not set, a private directory is created here and removed on
+exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
 
 Worker class: gthread. Each callback spends most of its time waiting on one Redis round trip,
 so threads overlap those waits without the monkey-patching of gevent/eventlet; a thread pool per
@@ -12,6 +17,15 @@ sync workers would. See the README's performance section for the measurements.
 """
 
 import os
+import shutil
+import tempfile
+
+# Set before any worker imports prometheus_client, which reads it at import time. The second
+# variable marks the directory as ours, also across a configuration reload (SIGHUP).
+_OWNED_METRICS_DIR = "RTT_OWNED_METRICS_DIR"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rtt-metrics-")
+    os.environ[_OWNED_METRICS_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = (
     os.environ.get("BIND")
@@ -36,6 +50,7 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 
 def on_starting(server):
     """Refuse to start on a bad configuration, with the reason, before any worker boots."""
+    from receiver import logs
     from receiver.config import ConfigError, load_settings
 
     try:
@@ -44,3 +59,21 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     if not settings.redis_url:
         raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
+    try:
+        logs.configure()
+    except ValueError as error:
+        raise SystemExit(f"rtt-receiver: {error}") from None
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not be summed any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    owned = os.environ.get(_OWNED_METRICS_DIR)
+    if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)

@@ -6,7 +6,7 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import webhooks
+from . import logs, metrics, telemetry, webhooks
 from .config import Settings, load_settings
 from .streams import Keys, Store
 
@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     start-up with a message instead of failing the first callback.
     """
     settings = settings or load_settings()
+    logs.configure()
     if not settings.redis_url:
         raise ValueError(
             "REDIS_URL is not set: give the receiver a Redis, or run 'receiver serve', "
@@ -46,4 +47,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["receiver"] = webhooks.Receiver(settings, store)
     webhooks.register(app)
+    live = metrics.LiveState(client, store.keys.active_calls, spool_depth=lambda: 0)
+    telemetry.install(app, live, webhooks.CALLBACK_PATH)
     return app
