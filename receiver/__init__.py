@@ -6,7 +6,7 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import logs, metrics, telemetry, webhooks
+from . import cluster, logs, metrics, telemetry, webhooks
 from .config import Settings, load_settings
 from .streams import Keys, Store
 
@@ -35,10 +35,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
-    client = redis.Redis.from_url(
+    connect = cluster.connect if settings.redis_cluster else redis.Redis.from_url
+    client = connect(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
     )
-    store = Store(
+    store = (cluster.ClusterStore if settings.redis_cluster else Store)(
         client,
         Keys(settings.stream_prefix),
         settings.call_retention_seconds,
