@@ -19,11 +19,15 @@ after all three steps, so a 2xx still means "stored everywhere".
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 
 from .events import Event
 from .streams import Keys, Outcome, Store, lua, store_args
@@ -67,9 +71,52 @@ class ClusterKeys:
         ]
 
 
-def connect(url: str, **options) -> redis.Redis:
+class Cluster(RedisCluster):
+    """A cluster client whose "cannot reach the cluster" errors are ``redis.ConnectionError``,
+    as with one Redis: redis-py raises ``RedisClusterException``, which is no ``RedisError``,
+    and would turn "Redis is down, retry" (503) into a crash (500)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as error:
+            raise redis.ConnectionError(f"Redis Cluster unavailable: {error}") from error
+
+
+class LazyCluster:
+    """Connects on first use, like a single-Redis client does, so that the receiver starts, and
+    answers /healthz (and 503 on /readyz) while the cluster is unreachable; redis-py's cluster
+    client would refuse to be created instead."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._url = url
+        self._options = options
+        self._client: Cluster | None = None
+        self._lock = threading.Lock()
+
+    def _cluster(self) -> Cluster:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = Cluster.from_url(self._url, **self._options)
+                    except RedisClusterException as error:
+                        raise redis.ConnectionError(
+                            f"Redis Cluster unavailable: {error}"
+                        ) from error
+        return self._client
+
+    def register_script(self, script: str) -> Script:
+        # Bytes: a Script given text asks the client for its encoder, i.e. connects.
+        return Script(self, script.encode("utf-8"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cluster(), name)
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
     """A cluster client from a ``redis://`` or ``rediss://`` URL naming any one node."""
-    return RedisCluster.from_url(url, **options)
+    return LazyCluster(url, **options)  # type: ignore[return-value]
 
 
 def _text(value: bytes | str) -> str:

@@ -22,7 +22,8 @@ class LocalCluster:
         return self.nodes[0].url
 
     @classmethod
-    def start(cls, data_dir: Path, timeout: float = 20) -> LocalCluster:
+    def start(cls, data_dir: Path, first_port: int = 0, timeout: float = 20) -> LocalCluster:
+        """``first_port``: where the node named in ``url`` listens (default: any free port)."""
         nodes = []
         for n in range(len(SLOT_RANGES)):
             config = {
@@ -32,7 +33,8 @@ class LocalCluster:
                 # The bus port is otherwise port + 10000, which may be taken or out of range.
                 "cluster-port": str(free_port()),
             }
-            nodes.append(EmbeddedRedis(data_dir / f"node{n}", config=config).start())
+            port = first_port if n == 0 else 0
+            nodes.append(EmbeddedRedis(data_dir / f"node{n}", port=port, config=config).start())
         cluster = cls(nodes)
         try:
             cluster._form(timeout)

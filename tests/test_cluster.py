@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from receiver import create_app
 from receiver.cluster import ClusterKeys, ClusterStore
 from receiver.config import Settings, load_settings
+from receiver.embedded import free_port
 from receiver.events import parse
 from receiver.streams import Keys, store_args
 
@@ -181,3 +182,31 @@ def test_two_receivers_on_a_cluster(start_receiver, redis_cluster, cluster_clien
     finals = [json.loads(m) for m in cluster_client.zrange(KEYS.finals(far_call_sid), 0, -1)]
     assert [f["transcript"] for f in finals] == ["hello I need help", "sure what is wrong"]
     assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+
+
+def test_an_unreachable_cluster_is_a_503_not_a_crash(tmp_path, call_sid):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    app = create_app(Settings(auth_tokens=(TOKEN,), redis_url=url, redis_cluster=True))
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = post(client, content(call_sid, sid("GT"), 1, "x"))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'outcome="storage_unavailable"' in metrics
+    assert "rtt_calls_in_progress " not in metrics
+    # The cluster comes up later: the same app stores, without a restart.
+    cluster = LocalCluster.start(tmp_path / "late")
+    try:
+        app = create_app(Settings(auth_tokens=(TOKEN,), redis_url=cluster.url, redis_cluster=True))
+        client = app.test_client()
+        assert post(client, content(call_sid, sid("GT"), 1, "x")).status_code == 200
+        # ... and a cluster that goes away is a 503 again, not a 500.
+        for node in cluster.nodes:
+            node.kill()
+        assert post(client, content(call_sid, sid("GT"), 2, "x")).status_code == 503
+        assert client.get("/readyz").status_code == 503
+    finally:
+        cluster.stop()
