@@ -14,7 +14,7 @@ from receiver import create_app, logs
 from receiver.config import Settings
 from receiver.embedded import free_port
 
-from .test_end_to_end import send
+from .test_multi_instance import send
 from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
 
 SECRET_TEXT = "my card number is 4111 1111"
