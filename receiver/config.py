@@ -125,8 +125,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
         )
     redis_cluster = _flag(env, "REDIS_CLUSTER")
-    if redis_cluster and redis_url and urlsplit(redis_url).scheme == "unix":
-        raise ConfigError("REDIS_CLUSTER=1 needs a redis:// or rediss:// REDIS_URL, not unix://")
+    if redis_cluster and (not redis_url or urlsplit(redis_url).scheme == "unix"):
+        raise ConfigError(
+            "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
+            f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
+        )
     return Settings(
         auth_tokens=tokens,
         account_sid=account_sid,

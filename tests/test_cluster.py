@@ -83,6 +83,8 @@ def test_redis_cluster_setting():
         load_settings({**env, "REDIS_CLUSTER": "maybe"})
     with pytest.raises(ValueError, match="unix://"):
         load_settings({**env, "REDIS_CLUSTER": "1", "REDIS_URL": "unix:///tmp/r.sock"})
+    with pytest.raises(ValueError, match="embedded Redis is not a cluster"):
+        load_settings({"TWILIO_AUTH_TOKEN": TOKEN, "REDIS_CLUSTER": "yes"})
 
 
 def test_whole_call_on_a_cluster(cluster_app, cluster_client, far_call_sid):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -172,3 +176,36 @@ def test_metrics_add_up_across_gunicorn_workers(start_receiver, tmp_path, call_s
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert sum(1 for line in lines if line.get("msg") == "callback") == 31
     assert SECRET_TEXT not in log
+
+
+def worker_pids(master: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_counts_survive_a_worker_crash(start_receiver, call_sid):
+    server = start_receiver(WEB_CONCURRENCY="2")
+    gt = sid("GT")
+    for seq in range(1, 21):
+        assert send(server.url, content(call_sid, gt, seq, "x")).status_code == 200
+    (victim, *_) = worker_pids(server.process.pid)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = worker_pids(server.process.pid)
+        if len(pids) == 2 and victim not in pids:
+            break
+        time.sleep(0.1)
+    assert victim not in worker_pids(server.process.pid)
+    assert send(server.url, content(call_sid, gt, 21, "x")).status_code == 200
+    # What the dead worker counted is still there; the new worker adds to it.
+    for _ in range(4):
+        text = requests.get(server.url + "/metrics", timeout=30).text
+        assert callbacks(text, "content", "stored") == 21
