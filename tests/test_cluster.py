@@ -212,3 +212,20 @@ def test_an_unreachable_cluster_is_a_503_not_a_crash(tmp_path, call_sid):
         assert client.get("/readyz").status_code == 503
     finally:
         cluster.stop()
+
+
+def test_concurrent_duplicates_on_a_cluster_land_once(
+    start_receiver, redis_cluster, cluster_client, far_call_sid
+):
+    env = {"REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"}
+    receivers = [start_receiver(**env), start_receiver(**env)]
+    params = content(far_call_sid, sid("GT"), 7, "said once, delivered many times")
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(
+            pool.map(lambda n: send(receivers[n % 2].url, params).json()["outcome"], range(40))
+        )
+    assert outcomes.count("stored") == 1
+    assert outcomes.count("duplicate") == 39
+    assert cluster_client.xlen(KEYS.call(far_call_sid)) == 1
+    assert cluster_client.xlen(KEYS.events) == 1
+    assert cluster_client.zcard(KEYS.finals(far_call_sid)) == 1
