@@ -16,8 +16,10 @@ worker also keeps keep-alive connections from a load balancer from pinning a who
 sync workers would. See the README's performance section for the measurements.
 """
 
+import logging
 import os
 import shutil
+import sys
 import tempfile
 
 # Set before any worker imports prometheus_client, which reads it at import time. The second
@@ -46,6 +48,30 @@ errorlog = "-"
 # Several receivers may run on one host (tests, blue/green): no shared control socket.
 control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info")
+_log_format = os.environ.get("LOG_FORMAT", "auto").strip().lower()
+if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
+    # gunicorn's own lines in the receiver's JSON shape (receiver/logs.py), so that a log
+    # collector reads one format; in a terminal gunicorn's plain lines are easier to read.
+    _level = loglevel.strip().upper()
+    _level = _level if _level in logging.getLevelNamesMapping() else "INFO"
+    logconfig_dict = {
+        "root": {"level": _level, "handlers": ["error_console"]},
+        "loggers": {
+            "gunicorn.error": {
+                "level": _level,
+                "handlers": ["error_console"],
+                "propagate": False,
+                "qualname": "gunicorn.error",
+            },
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["console"],
+                "propagate": False,
+                "qualname": "gunicorn.access",
+            },
+        },
+        "formatters": {"generic": {"()": "receiver.logs.JsonFormatter"}},
+    }
 
 
 def on_starting(server):
