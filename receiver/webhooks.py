@@ -155,6 +155,7 @@ def _refused(error: HTTPException):
 def _redis_down(error: redis.RedisError):
     log.warning("redis unavailable: %s", type(error).__name__)
     metrics.count_redis_error(error)
+    note(outcome="storage_unavailable", reason="")
     return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
 
 

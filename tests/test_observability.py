@@ -100,6 +100,18 @@ def test_redis_down_counts_errors_and_storage_unavailable(redis_client, call_sid
         - callbacks(before, "content", "storage_unavailable")
         == 1
     )
+    # A dead letter that cannot be kept is not "rejected": Twilio is told to retry it.
+    bad = {**content(call_sid, sid("GT"), 2, "x"), "TranscriptionData": "not json"}
+    assert post(client, bad).status_code == 503
+    after = client.get("/metrics").get_data(as_text=True)
+    assert (
+        callbacks(after, "unknown", "storage_unavailable")
+        - callbacks(before, "unknown", "storage_unavailable")
+        == 1
+    )
+    assert callbacks(after, "unknown", "rejected", "TranscriptionData") == callbacks(
+        before, "unknown", "rejected", "TranscriptionData"
+    )
     errors = value(after, "rtt_redis_errors_total", error="ConnectionError")
     assert errors - value(before, "rtt_redis_errors_total", error="ConnectionError") >= 1
     # Unknown is not zero: the gauge is absent, so absent() alerts fire.
