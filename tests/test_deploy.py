@@ -150,7 +150,10 @@ def test_kubernetes_manifests(token_file):
     for path in sorted(KUBERNETES.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             documents[document["kind"]] = document
-    assert set(documents) >= {"Deployment", "Service", "Secret"}
+    assert set(documents) >= {"Deployment", "Service", "Secret", "PodDisruptionBudget"}
+    pod_labels = documents["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    budget = documents["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]
+    assert budget.items() <= pod_labels.items()
     deployment, service, secret = (documents[k] for k in ("Deployment", "Service", "Secret"))
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -159,10 +162,8 @@ def test_kubernetes_manifests(token_file):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert container["livenessProbe"]["httpGet"]["port"] in ports
     assert service["spec"]["ports"][0]["targetPort"] in ports
-    assert service["spec"]["selector"].items() <= pod.get("labels", {}).items() or (
-        service["spec"]["selector"].items()
-        <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    )
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     requests_ = container["resources"]["requests"]
     assert requests_["cpu"] and requests_["memory"]
     env = {e["name"]: e["value"] for e in container["env"]}
