@@ -275,6 +275,11 @@ def test_nginx_example_passes_signatures_for_the_public_url(nginx_in_front, redi
         timeout=30,
     )
     assert internal.status_code == 403
+    # Another host name never reaches the receiver (nginx closes the connection: 444).
+    other_host = public.replace("localhost", "127.0.0.1")
+    with pytest.raises(requests.ConnectionError):
+        signed_post(other_host, call_sid, verify=str(cert))
+    assert redis_client.xlen(f"rtt:call:{{{call_sid}}}") == 1
     # Plain http is sent to https, and /metrics stays private.
     redirect = requests.get(
         f"http://127.0.0.1:{http_port}/x", headers={"Host": "localhost"}, allow_redirects=False
