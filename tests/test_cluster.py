@@ -229,3 +229,17 @@ def test_concurrent_duplicates_on_a_cluster_land_once(
     assert cluster_client.xlen(KEYS.call(far_call_sid)) == 1
     assert cluster_client.xlen(KEYS.events) == 1
     assert cluster_client.zcard(KEYS.finals(far_call_sid)) == 1
+
+
+def test_step_two_forgets_after_its_window(cluster_app, cluster_client, far_call_sid):
+    """A 'duplicate' for an entry older than the window is taken as appended long ago."""
+    store: ClusterStore = cluster_app.extensions["receiver"].store
+    keys = [KEYS.events, store.cluster_keys.events_seen]
+    old = store._events(keys=keys, args=[1000, f"{far_call_sid}/1-0", "1-0", 3_600_000, "a", "b"])
+    assert old is None
+    assert cluster_client.xlen(KEYS.events) == 0
+    recent = f"{cluster_client.time()[0] * 1000}-0"
+    args = [1000, f"{far_call_sid}/{recent}", recent, 3_600_000, "call_entry_id", recent]
+    assert store._events(keys=keys, args=args) is not None
+    assert store._events(keys=keys, args=args) is None
+    assert cluster_client.xlen(KEYS.events) == 1
