@@ -69,6 +69,8 @@ if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
                 "propagate": False,
                 "qualname": "gunicorn.access",
             },
+            # Has its own handler (receiver/logs.py): through the root too would print twice.
+            "receiver": {"propagate": False},
         },
         "formatters": {"generic": {"()": "receiver.logs.JsonFormatter"}},
     }

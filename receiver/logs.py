@@ -76,7 +76,12 @@ def formatter_for(log_format: str, stream: TextIO) -> logging.Formatter:
 
 
 def configure(env: dict[str, str] | None = None) -> None:
-    """Give the ``receiver`` loggers one stderr handler (once per process)."""
+    """Give the ``receiver`` loggers one stderr handler (once per process).
+
+    Records still propagate to the root logger, for whoever configured it (pytest's caplog, an
+    application embedding the app); deploy/gunicorn.conf.py, which gives the root logger a
+    handler, turns propagation off there so that no line is printed twice.
+    """
     env = dict(os.environ) if env is None else env
     logger = logging.getLogger(LOGGER)
     level = env.get("LOG_LEVEL", "info").strip().upper() or "INFO"
@@ -88,8 +93,6 @@ def configure(env: dict[str, str] | None = None) -> None:
         handler = StderrHandler()
         logger.addHandler(handler)
     handler.setFormatter(formatter_for(env.get("LOG_FORMAT", "auto").strip().lower(), sys.stderr))
-    # The receiver writes its own lines; passing them on too would print them twice.
-    logger.propagate = False
 
 
 def callback(**fields: object) -> None:
