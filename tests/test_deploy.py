@@ -288,3 +288,18 @@ def test_nginx_example_passes_signatures_for_the_public_url(nginx_in_front, redi
     assert redirect.headers["Location"].startswith("https://localhost")
     assert requests.get(public + "/metrics", verify=str(cert), timeout=30).status_code == 404
     assert requests.get(public + "/readyz", verify=str(cert), timeout=30).status_code == 200
+
+
+def test_the_installed_package_carries_its_lua_scripts():
+    """The image installs the package (``pip install .``), not the source tree: every script
+    the store reads must be package data."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["receiver"]
+    scripts = sorted(p.name for p in (ROOT / "receiver").glob("*.lua"))
+    assert "cluster_call.lua" in scripts
+    for name in scripts:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
