@@ -136,7 +136,7 @@ def start_until_ready(
         try:
             if requests.get(started.url + "/readyz", timeout=2).status_code == 200:
                 return started
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # busy machine: try again
             pass
         time.sleep(0.1)
     started.stop()
