@@ -15,12 +15,12 @@ run: $(BIN)/receiver
 	$(BIN)/receiver serve
 
 test: $(BIN)/receiver
-	$(BIN)/ruff check receiver tests
+	$(BIN)/ruff check receiver tests examples
 	$(BIN)/pytest
 
 lint: $(BIN)/receiver
-	$(BIN)/ruff check receiver tests
-	$(BIN)/ruff format --check receiver tests
+	$(BIN)/ruff check receiver tests examples
+	$(BIN)/ruff format --check receiver tests examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

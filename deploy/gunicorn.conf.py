@@ -3,7 +3,12 @@
 Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'`.
 
 Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
-WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4).
+WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4);
+LOG_LEVEL, LOG_FORMAT (see receiver/logs.py); PROMETHEUS_MULTIPROC_DIR (see below).
+
+Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so that /metrics
+adds up all workers. When it is not set, a private directory is created here and removed on
+exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
 
 Worker class: gthread. Each callback spends most of its time waiting on one Redis round trip,
 so threads overlap those waits without the monkey-patching of gevent/eventlet; a thread pool per
@@ -11,7 +16,18 @@ worker also keeps keep-alive connections from a load balancer from pinning a who
 sync workers would. See the README's performance section for the measurements.
 """
 
+import logging
 import os
+import shutil
+import sys
+import tempfile
+
+# Set before any worker imports prometheus_client, which reads it at import time. The second
+# variable marks the directory as ours, also across a configuration reload (SIGHUP).
+_OWNED_METRICS_DIR = "RTT_OWNED_METRICS_DIR"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rtt-metrics-")
+    os.environ[_OWNED_METRICS_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = (
     os.environ.get("BIND")
@@ -32,10 +48,37 @@ errorlog = "-"
 # Several receivers may run on one host (tests, blue/green): no shared control socket.
 control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info")
+_log_format = os.environ.get("LOG_FORMAT", "auto").strip().lower()
+if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
+    # gunicorn's own lines in the receiver's JSON shape (receiver/logs.py), so that a log
+    # collector reads one format; in a terminal gunicorn's plain lines are easier to read.
+    _level = loglevel.strip().upper()
+    _level = _level if _level in logging.getLevelNamesMapping() else "INFO"
+    logconfig_dict = {
+        "root": {"level": _level, "handlers": ["error_console"]},
+        "loggers": {
+            "gunicorn.error": {
+                "level": _level,
+                "handlers": ["error_console"],
+                "propagate": False,
+                "qualname": "gunicorn.error",
+            },
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["console"],
+                "propagate": False,
+                "qualname": "gunicorn.access",
+            },
+            # Has its own handler (receiver/logs.py): through the root too would print twice.
+            "receiver": {"propagate": False},
+        },
+        "formatters": {"generic": {"()": "receiver.logs.JsonFormatter"}},
+    }
 
 
 def on_starting(server):
     """Refuse to start on a bad configuration, with the reason, before any worker boots."""
+    from receiver import logs
     from receiver.config import ConfigError, load_settings
 
     try:
@@ -44,3 +87,21 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     if not settings.redis_url:
         raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
+    try:
+        logs.configure()
+    except ValueError as error:
+        raise SystemExit(f"rtt-receiver: {error}") from None
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not be summed any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    owned = os.environ.get(_OWNED_METRICS_DIR)
+    if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)

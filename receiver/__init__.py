@@ -6,7 +6,7 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import webhooks
+from . import cluster, logs, metrics, telemetry, webhooks
 from .config import Settings, load_settings
 from .streams import Keys, Store
 
@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     start-up with a message instead of failing the first callback.
     """
     settings = settings or load_settings()
+    logs.configure()
     if not settings.redis_url:
         raise ValueError(
             "REDIS_URL is not set: give the receiver a Redis, or run 'receiver serve', "
@@ -34,10 +35,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
-    client = redis.Redis.from_url(
+    connect = cluster.connect if settings.redis_cluster else redis.Redis.from_url
+    client = connect(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
     )
-    store = Store(
+    store = (cluster.ClusterStore if settings.redis_cluster else Store)(
         client,
         Keys(settings.stream_prefix),
         settings.call_retention_seconds,
@@ -46,4 +48,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["receiver"] = webhooks.Receiver(settings, store)
     webhooks.register(app)
+    live = metrics.LiveState(client, store.keys.active_calls, spool_depth=lambda: 0)
+    telemetry.install(app, live, webhooks.CALLBACK_PATH)
     return app

@@ -24,6 +24,7 @@ class Settings:
     public_base_url: str | None = None
     proxy_hops: int = 0
     redis_url: str | None = None
+    redis_cluster: bool = False
     stream_prefix: str = "rtt"
     events_maxlen: int = 1_000_000
     rejected_maxlen: int = 100_000
@@ -62,6 +63,15 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={raw!r} must be 1 or 0 (true/false, yes/no)")
 
 
 def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -114,12 +124,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         raise ConfigError(
             f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
         )
+    redis_cluster = _flag(env, "REDIS_CLUSTER")
+    if redis_cluster and (not redis_url or urlsplit(redis_url).scheme == "unix"):
+        raise ConfigError(
+            "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
+            f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
+        )
     return Settings(
         auth_tokens=tokens,
         account_sid=account_sid,
         public_base_url=_public_base_url(env),
         proxy_hops=_int(env, "PROXY_HOPS", 0, 0),
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
         stream_prefix=prefix,
         events_maxlen=_int(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
         rejected_maxlen=_int(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),

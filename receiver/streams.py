@@ -17,7 +17,15 @@ import redis
 from .events import Event, InvalidEvent
 
 SCHEMA_VERSION = "1"
-STORE_SCRIPT = files(__package__).joinpath("store.lua").read_text(encoding="utf-8")
+
+
+def lua(*names: str) -> str:
+    """The text of the package's Lua files, joined: ``call_store.lua`` defines the per-call
+    writes that the single-Redis script and the cluster's per-call step share."""
+    return "\n".join(files(__package__).joinpath(n).read_text(encoding="utf-8") for n in names)
+
+
+STORE_SCRIPT = lua("call_store.lua", "store.lua")
 
 Outcome = Literal["stored", "duplicate"]
 

@@ -15,10 +15,11 @@ import redis
 from flask import Blueprint, Flask, Request, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import signature
+from . import metrics, signature
 from .config import Settings
 from .events import InvalidEvent, TrackLabels, now_iso, parse
 from .streams import Store
+from .telemetry import note
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -79,10 +80,12 @@ def _verify(req: Request, settings: Settings) -> dict[str, list[str]]:
     url = signed_url(req, settings)
     header = req.headers.get(signature.SIGNATURE_HEADER)
     if header is None:
+        note(outcome="signature_failure")
         raise Refused(403, f"missing {signature.SIGNATURE_HEADER} header")
     if not signature.is_valid(
         url, form, header, settings.auth_tokens, req.headers.get(signature.SETTINGS_HEADER)
     ):
+        note(outcome="signature_failure")
         raise Refused(403, f"invalid {signature.SIGNATURE_HEADER} for {url}")
     if req.method == "POST":
         params = form
@@ -92,6 +95,7 @@ def _verify(req: Request, settings: Settings) -> dict[str, list[str]]:
             params.pop(name, None)
     account = (params.get("AccountSid") or [None])[0]
     if settings.account_sid and account != settings.account_sid:
+        note(outcome="wrong_account")
         raise Refused(403, f"AccountSid {account!r} is not this receiver's account")
     return params
 
@@ -105,6 +109,7 @@ def callback():
     try:
         event = parse(params, received_at=received_at, url_labels=labels)
     except InvalidEvent as error:
+        note(outcome="rejected", reason=error.field)
         app.store.reject(
             error,
             params,
@@ -113,7 +118,14 @@ def callback():
             url=signed_url(request, app.settings),
         )
         raise Refused(400, str(error)) from None
+    note(
+        event=event.event,
+        call_sid=event.call_sid,
+        transcription_sid=event.transcription_sid,
+        sequence_id=event.sequence_id,
+    )
     outcome = app.store.append(event)
+    note(outcome=outcome)
     return jsonify(outcome=outcome), 200
 
 
@@ -127,6 +139,7 @@ def readyz():
     try:
         _receiver().store.ping()
     except redis.RedisError as error:
+        metrics.count_redis_error(error)
         return jsonify(status="unavailable", redis=type(error).__name__), 503
     return jsonify(status="ready", redis="ok")
 
@@ -141,6 +154,8 @@ def _refused(error: HTTPException):
 
 def _redis_down(error: redis.RedisError):
     log.warning("redis unavailable: %s", type(error).__name__)
+    metrics.count_redis_error(error)
+    note(outcome="storage_unavailable", reason="")
     return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
 
 

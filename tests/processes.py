@@ -53,7 +53,7 @@ class ReceiverProcess:
             try:
                 if requests.get(self.url + "/healthz", timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # busy machine: try again
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not answer in {timeout}s: {log.read_text()[-2000:]}")

@@ -1,0 +1,81 @@
+-- The writes to one call's keys, shared by store.lua (one Redis: a single script, one round
+-- trip) and cluster_call.lua (Redis Cluster: step 1 of 3). Every key here carries the hash tag
+-- {CallSid}, so they all live in the call's slot. Prepended to those scripts' text.
+--
+-- k: stream, seen, labels, finals, transcriptions (key names); ARGV as documented in store.lua.
+-- Returns the call stream entry id, its fields and whether the call is still in progress, or
+-- nil when the event was stored before.
+-- A call is in progress while any of its transcriptions is.
+local function call_in_progress(transcriptions)
+  for _, s in ipairs(redis.call('HVALS', transcriptions)) do
+    if s == 'active' then return true end
+  end
+  return false
+end
+
+local function store_call(k)
+  if redis.call('SADD', k.seen, ARGV[1]) == 0 then
+    return nil
+  end
+  local retention = tonumber(ARGV[2])
+  redis.call('EXPIRE', k.seen, retention)
+
+  local tsid = ARGV[5]
+  local event = ARGV[6]
+
+  if event == 'started' then
+    if ARGV[14] ~= '' then redis.call('HSET', k.labels, tsid .. ':inbound', ARGV[14]) end
+    if ARGV[15] ~= '' then redis.call('HSET', k.labels, tsid .. ':outbound', ARGV[15]) end
+    redis.call('EXPIRE', k.labels, retention)
+  end
+
+  local fields = {}
+  for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
+
+  local track, label = ARGV[7], ARGV[8]
+  if event == 'content' then
+    if label ~= '' then
+      -- Twilio sent the label itself in Track: find which track it names.
+      if track == '' then
+        if label == redis.call('HGET', k.labels, tsid .. ':inbound') or label == ARGV[9] then
+          track = 'inbound'
+        elseif label == redis.call('HGET', k.labels, tsid .. ':outbound') or label == ARGV[10] then
+          track = 'outbound'
+        end
+      end
+    elseif track ~= '' then
+      label = redis.call('HGET', k.labels, tsid .. ':' .. track)
+      if not label then
+        label = (track == 'inbound') and ARGV[9] or ARGV[10]
+        if label == '' then label = track end
+      end
+    end
+    if track ~= '' then fields[#fields + 1] = 'track'; fields[#fields + 1] = track end
+    if label ~= '' then fields[#fields + 1] = 'track_label'; fields[#fields + 1] = label end
+  end
+
+  local id = redis.call('XADD', k.stream, '*', unpack(fields))
+  redis.call('EXPIRE', k.stream, retention)
+
+  if event == 'content' and ARGV[11] == '1' and ARGV[12] ~= '' then
+    local text, confidence = '', ''
+    for i = 1, #fields, 2 do
+      if fields[i] == 'transcript' then text = fields[i + 1] end
+      if fields[i] == 'confidence' then confidence = fields[i + 1] end
+    end
+    redis.call('ZADD', k.finals, tonumber(ARGV[12]), cjson.encode({
+      transcription_sid = tsid, sequence_id = tonumber(ARGV[12]), track = track,
+      track_label = label, transcript = text, confidence = confidence, entry_id = id,
+    }))
+    redis.call('EXPIRE', k.finals, retention)
+  end
+
+  local state = redis.call('HGET', k.transcriptions, tsid)
+  if event == 'stopped' then
+    redis.call('HSET', k.transcriptions, tsid, 'stopped')
+  elseif state ~= 'stopped' then
+    redis.call('HSET', k.transcriptions, tsid, 'active')
+  end
+  redis.call('EXPIRE', k.transcriptions, retention)
+  return id, fields, call_in_progress(k.transcriptions)
+end

@@ -1,0 +1,166 @@
+"""Redis Cluster: the same streams contract, stored in three slot-local steps.
+
+One Lua script can only touch keys of one slot. Every key of a call shares the hash tag
+``{CallSid}``, but the global stream ``rtt:events`` and the index ``rtt:calls:active`` live in
+slots of their own, and their names are promised to users. So on a cluster an event is stored
+in three steps, each one atomic script in one slot, each idempotent:
+
+1. the call's slot (``cluster_call.lua``): exactly-once check, call stream, finals, labels,
+   transcription states. For a duplicate it returns the original entry and the call's state.
+2. the global stream's slot (``cluster_events.lua``): append to ``rtt:events`` unless this
+   call entry was appended before (``{rtt:events}:seen``, same slot by its hash tag).
+3. the index's slot (``cluster_active.lua``): add or remove the call in ``rtt:calls:active``
+   unless a newer state of that call was applied before (``{rtt:calls:active}:versions``).
+
+Steps 2 and 3 run for duplicates too: if a receiver died between the steps, Twilio got no 2xx
+and retries, and the retry completes what the first delivery started. The answer is sent only
+after all three steps, so a 2xx still means "stored everywhere".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
+
+from .events import Event
+from .streams import Keys, Outcome, Store, lua, store_args
+
+CALL_SCRIPT = lua("call_store.lua", "cluster_call.lua")
+EVENTS_SCRIPT = lua("cluster_events.lua")
+ACTIVE_SCRIPT = lua("cluster_active.lua")
+# How long step 2 remembers which call entries it appended: a retry later than this (Twilio
+# stops retrying after at most 15 s) is taken as already appended.
+EVENTS_DEDUP_WINDOW_MS = 3600 * 1000
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    """The keys only the cluster path writes, next to the ``Keys`` of the contract."""
+
+    keys: Keys
+
+    @property
+    def events_seen(self) -> str:
+        # The hash tag is the global stream's name: same slot as that stream.
+        return f"{{{self.keys.events}}}:seen"
+
+    @property
+    def active_versions(self) -> str:
+        return f"{{{self.keys.active_calls}}}:versions"
+
+    def entries(self, call_sid: str) -> str:
+        return f"{self.keys.call(call_sid)}:entries"
+
+    def call_keys(self, call_sid: str) -> list[str]:
+        """The KEYS of ``cluster_call.lua``, in its order: all in the call's slot."""
+        k = self.keys
+        return [
+            k.call(call_sid),
+            k.seen(call_sid),
+            k.labels(call_sid),
+            k.finals(call_sid),
+            k.transcriptions(call_sid),
+            self.entries(call_sid),
+        ]
+
+
+class Cluster(RedisCluster):
+    """A cluster client whose "cannot reach the cluster" errors are ``redis.ConnectionError``,
+    as with one Redis: redis-py raises ``RedisClusterException``, which is no ``RedisError``,
+    and would turn "Redis is down, retry" (503) into a crash (500)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as error:
+            raise redis.ConnectionError(f"Redis Cluster unavailable: {error}") from error
+
+
+class LazyCluster:
+    """Connects on first use, like a single-Redis client does, so that the receiver starts, and
+    answers /healthz (and 503 on /readyz) while the cluster is unreachable; redis-py's cluster
+    client would refuse to be created instead."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._url = url
+        self._options = options
+        self._client: Cluster | None = None
+        self._lock = threading.Lock()
+
+    def _cluster(self) -> Cluster:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = Cluster.from_url(self._url, **self._options)
+                    except RedisClusterException as error:
+                        raise redis.ConnectionError(
+                            f"Redis Cluster unavailable: {error}"
+                        ) from error
+        return self._client
+
+    def register_script(self, script: str) -> Script:
+        # Bytes: a Script given text asks the client for its encoder, i.e. connects.
+        return Script(self, script.encode("utf-8"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cluster(), name)
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A cluster client from a ``redis://`` or ``rediss://`` URL naming any one node."""
+    return LazyCluster(url, **options)  # type: ignore[return-value]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class ClusterStore(Store):
+    """``Store`` for a Redis Cluster: three round trips per event instead of one."""
+
+    def __post_init__(self) -> None:
+        self.cluster_keys = ClusterKeys(self.keys)
+        self._call = self.client.register_script(CALL_SCRIPT)
+        self._events = self.client.register_script(EVENTS_SCRIPT)
+        self._active = self.client.register_script(ACTIVE_SCRIPT)
+
+    def append(self, event: Event) -> Outcome:
+        args = store_args(
+            event, retention_seconds=self.retention_seconds, events_maxlen=self.events_maxlen
+        )
+        stored, entry_id, state_id, in_progress, *fields = self._call(
+            keys=self.cluster_keys.call_keys(event.call_sid), args=args
+        )
+        if _text(entry_id):
+            self._events(
+                keys=[self.keys.events, self.cluster_keys.events_seen],
+                args=[
+                    self.events_maxlen,
+                    f"{event.call_sid}/{_text(entry_id)}",
+                    entry_id,
+                    EVENTS_DEDUP_WINDOW_MS,
+                    "call_entry_id",
+                    entry_id,
+                    *fields,
+                ],
+            )
+        self._active(
+            keys=[self.keys.active_calls, self.cluster_keys.active_versions],
+            args=[
+                event.call_sid,
+                state_id,
+                in_progress,
+                int(time.time() * 1000),
+                self.retention_seconds * 1000,
+            ],
+        )
+        return "stored" if stored == 1 else "duplicate"

@@ -1,0 +1,25 @@
+-- Redis Cluster, step 2 of 3: append to the global stream, at most once per call entry.
+-- Both keys live in the slot of the global stream: KEYS[2] is "{<prefix>:events}:seen", whose
+-- hash tag is the global stream's own name.
+--
+-- KEYS[1] global events stream   KEYS[2] seen sorted set (member -> ms when appended)
+-- ARGV[1] MAXLEN   ARGV[2] member (CallSid/entry id)   ARGV[3] call stream entry id
+-- ARGV[4] dedup window, ms   ARGV[5..] field, value, ... of the entry (call_entry_id first)
+--
+-- Returns the global entry id, or false when it was appended before (or is older than the
+-- window: then step 2 ran long ago, since every retry re-runs it).
+
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[4])
+local entry_ms = tonumber(string.match(ARGV[3], '^(%d+)-'))
+if entry_ms and entry_ms < now_ms - window then
+  return false
+end
+if redis.call('ZADD', KEYS[2], 'NX', now_ms, ARGV[2]) == 0 then
+  return false
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.0f', now_ms - window))
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))

@@ -1,0 +1,117 @@
+"""Prometheus metrics: what is counted, and the ``/metrics`` exposition.
+
+Under gunicorn every worker is its own process, so counters and histograms are written to files
+in ``PROMETHEUS_MULTIPROC_DIR`` (set up by ``deploy/gunicorn.conf.py``) and a scrape, whichever
+worker answers it, adds up all of them. Values that describe shared state rather than one
+process (calls in progress, spool depth) are read at scrape time instead, so they are never
+stale or counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import redis
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The outcomes of a callback, as the ``outcome`` label spells them.
+OUTCOMES = (
+    "stored",
+    "duplicate",
+    "rejected",
+    "signature_failure",
+    "wrong_account",
+    "storage_unavailable",
+    "bad_request",
+    "error",
+)
+# Event types Twilio documents; anything else is counted as "other" to bound label values.
+EVENT_TYPES = ("started", "content", "stopped", "error")
+
+CALLBACKS = Counter(
+    "rtt_callbacks",
+    "Transcription callbacks answered, by event type and outcome; reason is the Twilio "
+    "parameter at fault for rejected callbacks.",
+    ["event", "outcome", "reason"],
+)
+CALLBACK_DURATION = Histogram(
+    "rtt_callback_duration_seconds",
+    "Time from receiving a callback to answering it, by outcome.",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REDIS_ERRORS = Counter(
+    "rtt_redis_errors",
+    "Redis commands that failed, by error class (ConnectionError, TimeoutError, ...).",
+    ["error"],
+)
+
+
+def event_label(event: str | None) -> str:
+    if event is None:
+        return "unknown"
+    return event if event in EVENT_TYPES else "other"
+
+
+def observe_callback(event: str | None, outcome: str, reason: str, seconds: float) -> None:
+    CALLBACKS.labels(event=event_label(event), outcome=outcome, reason=reason).inc()
+    CALLBACK_DURATION.labels(outcome=outcome).observe(seconds)
+
+
+def count_redis_error(error: BaseException) -> None:
+    REDIS_ERRORS.labels(error=type(error).__name__).inc()
+
+
+class LiveState:
+    """Gauges read when scraped: calls in progress (``ZCARD`` of the active calls index) and
+    the spool depth (from ``spool_depth``, a callable the on-disk spool plugs in; until one
+    does, the spool is empty by definition and it reports 0)."""
+
+    def __init__(
+        self, client: redis.Redis, active_calls_key: str, spool_depth: Callable[[], int]
+    ) -> None:
+        self.client = client
+        self.active_calls_key = active_calls_key
+        self.spool_depth = spool_depth
+
+    def collect(self) -> Iterable[Metric]:
+        spool = GaugeMetricFamily(
+            "rtt_spool_depth", "Callbacks waiting in the on-disk spool for Redis to come back."
+        )
+        spool.add_metric([], float(self.spool_depth()))
+        yield spool
+        try:
+            active = self.client.zcard(self.active_calls_key)
+        except redis.RedisError as error:
+            count_redis_error(error)
+            return  # absent rather than a wrong 0: alert on absent(rtt_calls_in_progress)
+        calls = GaugeMetricFamily(
+            "rtt_calls_in_progress", "Calls with a transcription in progress (rtt:calls:active)."
+        )
+        calls.add_metric([], float(active))
+        yield calls
+
+
+def exposition(live: LiveState) -> tuple[bytes, str]:
+    """The text a scrape gets: every worker's counters plus the live gauges."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        shared = generate_latest(registry)
+    else:
+        shared = generate_latest(REGISTRY)
+    scraped = CollectorRegistry()
+    scraped.register(live)
+    return shared + generate_latest(scraped), CONTENT_TYPE_LATEST

@@ -1,0 +1,182 @@
+"""Read the deploy/ files the way their tools would, and run what they would run, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+@dataclass
+class DockerStage:
+    """The instructions of a Dockerfile's final stage that decide how the app starts."""
+
+    workdir: str = "/"
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    copies: list[tuple[str, str]] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    entrypoint: list[str] = field(default_factory=list)
+    healthcheck: list[str] = field(default_factory=list)
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", text)
+    found = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def _exec_form(value: str) -> list[str]:
+    if not value.startswith("["):
+        raise AssertionError(f"use the exec form (a JSON array) so signals reach gunicorn: {value}")
+    return json.loads(value)
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+
+
+def parse_dockerfile(path: Path) -> DockerStage:
+    stage = DockerStage()
+    for keyword, rest in _instructions(path.read_text()):
+        if keyword == "FROM":
+            stage = DockerStage()
+        elif keyword == "WORKDIR":
+            stage.workdir = rest
+        elif keyword == "ENV":
+            for pair in shlex.split(rest):
+                name, _, value = pair.partition("=")
+                stage.env[name] = _expand(value, {**os.environ, **stage.env})
+        elif keyword == "USER":
+            stage.user = rest
+        elif keyword == "COPY" and not rest.startswith("--from"):
+            *sources, target = rest.split()
+            stage.copies += [(source, target) for source in sources]
+        elif keyword == "CMD":
+            stage.cmd = _exec_form(rest)
+        elif keyword == "ENTRYPOINT":
+            stage.entrypoint = _exec_form(rest)
+        elif keyword == "HEALTHCHECK":
+            stage.healthcheck = _exec_form(rest[rest.index("CMD ") + 4 :].strip())
+    return stage
+
+
+def procfile_command(path: Path, process_type: str = "web") -> str:
+    for line in path.read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process_type:
+            return command.strip()
+    raise AssertionError(f"{path} has no {process_type}: line")
+
+
+def compose_value(value: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR:?error}."""
+
+    def one(match: re.Match) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"{name} must be set: {arg}")
+        return arg or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def tool_path() -> str:
+    """PATH with this environment's scripts (gunicorn, python) first, as in the image."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_until_ready(
+    command: list[str], env: dict[str, str], cwd: Path, log: Path, timeout: float = 30
+) -> Started:
+    """Run ``command`` and wait until its ``/readyz`` answers 200 on $PORT."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    started = Started(process, f"http://127.0.0.1:{env['PORT']}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{command} exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(started.url + "/readyz", timeout=2).status_code == 200:
+                return started
+        except (requests.ConnectionError, requests.Timeout):  # busy machine: try again
+            pass
+        time.sleep(0.1)
+    started.stop()
+    raise AssertionError(f"{command} was not ready in {timeout}s: {log.read_text()[-2000:]}")
+
+
+def self_signed_certificate(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
+    """A certificate for ``host`` and 127.0.0.1, made now: (certificate, key) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(host), x509.IPAddress(IPv4Address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path

@@ -1,0 +1,245 @@
+"""Every guarantee on a real Redis Cluster of three masters: exactly once per stream, ordered
+finals, the index of calls in progress, dead letters, and healing a crash between the steps."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from receiver import create_app
+from receiver.cluster import ClusterKeys, ClusterStore
+from receiver.config import Settings, load_settings
+from receiver.embedded import free_port
+from receiver.events import parse
+from receiver.streams import Keys, store_args
+
+from .redis_cluster import SLOT_RANGES, LocalCluster
+from .test_multi_instance import send
+from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
+
+KEYS = Keys()
+
+
+def node_of(key: str) -> int:
+    slot = key_slot(key.encode())
+    return next(n for n, (first, last) in enumerate(SLOT_RANGES) if first <= slot <= last)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster.start(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[RedisCluster]:
+    client = RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cluster_app(redis_cluster: LocalCluster, cluster_client: RedisCluster):
+    app = create_app(
+        Settings(auth_tokens=(TOKEN,), redis_url=redis_cluster.url, redis_cluster=True)
+    )
+    app.config.update(TESTING=True)
+    return app
+
+
+@pytest.fixture
+def far_call_sid() -> str:
+    """A CallSid whose keys live on another master than both global keys, so that every
+    event really crosses nodes."""
+    while True:
+        call_sid = "CA" + uuid.uuid4().hex
+        node = node_of(KEYS.call(call_sid))
+        if node not in (node_of(KEYS.events), node_of(KEYS.active_calls)):
+            return call_sid
+
+
+def test_cluster_keys_hash_to_their_slots():
+    cluster_keys = ClusterKeys(KEYS)
+    assert key_slot(cluster_keys.events_seen.encode()) == key_slot(KEYS.events.encode())
+    assert key_slot(cluster_keys.active_versions.encode()) == key_slot(KEYS.active_calls.encode())
+    call = "CA" + "1" * 32
+    slots = {key_slot(k.encode()) for k in cluster_keys.call_keys(call)}
+    assert slots == {key_slot(call.encode())}
+
+
+def test_redis_cluster_setting():
+    env = {"TWILIO_AUTH_TOKEN": TOKEN, "REDIS_URL": "redis://10.0.0.1:7000"}
+    assert load_settings({**env, "REDIS_CLUSTER": "1"}).redis_cluster
+    assert not load_settings(env).redis_cluster
+    with pytest.raises(ValueError, match="REDIS_CLUSTER='maybe'"):
+        load_settings({**env, "REDIS_CLUSTER": "maybe"})
+    with pytest.raises(ValueError, match="unix://"):
+        load_settings({**env, "REDIS_CLUSTER": "1", "REDIS_URL": "unix:///tmp/r.sock"})
+    with pytest.raises(ValueError, match="embedded Redis is not a cluster"):
+        load_settings({"TWILIO_AUTH_TOKEN": TOKEN, "REDIS_CLUSTER": "yes"})
+
+
+def test_whole_call_on_a_cluster(cluster_app, cluster_client, far_call_sid):
+    client = cluster_app.test_client()
+    gt = sid("GT")
+    events = whole_call(far_call_sid, gt)
+    # Out of order, with Twilio's retries of every content event.
+    delivery = [events[0], *reversed(events[1:-1]), *events[1:-1], events[-1]]
+    outcomes = [post(client, params).get_json()["outcome"] for params in delivery]
+    assert outcomes.count("stored") == len(events)
+    assert outcomes.count("duplicate") == len(events) - 2
+
+    call = [f for _, f in cluster_client.xrange(KEYS.call(far_call_sid))]
+    assert sorted(int(e["sequence_id"]) for e in call) == list(range(1, len(events) + 1))
+    finals = [json.loads(m) for m in cluster_client.zrange(KEYS.finals(far_call_sid), 0, -1)]
+    assert [(f["track_label"], f["transcript"]) for f in finals] == [
+        ("customer", "hello I need help"),
+        ("agent", "sure what is wrong"),
+    ]
+    global_entries = [f for _, f in cluster_client.xrange(KEYS.events)]
+    assert len(global_entries) == len(events)
+    call_ids = {entry_id for entry_id, _ in cluster_client.xrange(KEYS.call(far_call_sid))}
+    assert {e["call_entry_id"] for e in global_entries} == call_ids
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+
+
+def test_calls_in_progress_on_a_cluster(cluster_app, cluster_client, far_call_sid):
+    client = cluster_app.test_client()
+    gt = sid("GT")
+    post(client, callback("started", far_call_sid, gt, 1))
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is not None
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "rtt_calls_in_progress 1.0" in metrics
+    post(client, callback("stopped", far_call_sid, gt, 9))
+    post(client, content(far_call_sid, gt, 5, "late but before the stop"))
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+
+
+def test_dead_letters_on_a_cluster(cluster_app, cluster_client, far_call_sid):
+    bad = {**content(far_call_sid, sid("GT"), 1, "x"), "TranscriptionData": "not json"}
+    assert post(cluster_app.test_client(), bad).status_code == 400
+    ((_, entry),) = cluster_client.xrange(KEYS.rejected)
+    assert entry["field"] == "TranscriptionData"
+
+
+def test_a_retry_heals_a_crash_between_the_steps(cluster_app, cluster_client, far_call_sid):
+    store: ClusterStore = cluster_app.extensions["receiver"].store
+    params = callback("started", far_call_sid, sid("GT"), 1)
+    event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
+    # The first delivery: step 1 only, then the receiver dies before steps 2 and 3.
+    args = store_args(event, retention_seconds=600, events_maxlen=1000)
+    stored, entry_id, *_ = store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)
+    assert stored == 1
+    assert cluster_client.xlen(KEYS.events) == 0
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+    # Twilio got no answer and retries: the duplicate completes the missing steps, once.
+    for _ in range(3):
+        assert store.append(event) == "duplicate"
+    ((_, entry),) = cluster_client.xrange(KEYS.events)
+    assert entry["call_entry_id"] == entry_id.decode()
+    assert entry["event"] == "started"
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is not None
+    assert cluster_client.xlen(KEYS.call(far_call_sid)) == 1
+
+
+def test_a_stale_state_cannot_reopen_a_stopped_call(cluster_app, cluster_client, far_call_sid):
+    store: ClusterStore = cluster_app.extensions["receiver"].store
+    client = cluster_app.test_client()
+    gt = sid("GT")
+    post(client, callback("started", far_call_sid, gt, 1))
+    ((started_id, _),) = cluster_client.xrange(KEYS.call(far_call_sid))
+    post(client, callback("stopped", far_call_sid, gt, 2))
+    # A slow receiver applies the older "in progress" state after the newer "stopped" one.
+    applied = store._active(
+        keys=[KEYS.active_calls, store.cluster_keys.active_versions],
+        args=[far_call_sid, started_id, 1, 1, 600_000],
+    )
+    assert applied == 0
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+
+
+def test_two_receivers_on_a_cluster(start_receiver, redis_cluster, cluster_client, far_call_sid):
+    env = {"REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"}
+    receivers = [start_receiver(**env), start_receiver(**env, WEB_CONCURRENCY="1")]
+    gt = sid("GT")
+    events = whole_call(far_call_sid, gt)
+
+    def deliver(pair: tuple[int, dict]) -> list[str]:
+        n, params = pair
+        return [send(r.url, params).json()["outcome"] for r in receivers[n % 2 :] + receivers]
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = [o for pair in pool.map(deliver, enumerate(events)) for o in pair]
+    assert outcomes.count("stored") == len(events)
+    assert cluster_client.xlen(KEYS.call(far_call_sid)) == len(events)
+    assert cluster_client.xlen(KEYS.events) == len(events)
+    finals = [json.loads(m) for m in cluster_client.zrange(KEYS.finals(far_call_sid), 0, -1)]
+    assert [f["transcript"] for f in finals] == ["hello I need help", "sure what is wrong"]
+    assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+
+
+def test_an_unreachable_cluster_is_a_503_not_a_crash(tmp_path, call_sid):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    app = create_app(Settings(auth_tokens=(TOKEN,), redis_url=url, redis_cluster=True))
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = post(client, content(call_sid, sid("GT"), 1, "x"))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'outcome="storage_unavailable"' in metrics
+    assert "rtt_calls_in_progress " not in metrics
+    # The cluster comes up later: the same app stores, without a restart.
+    cluster = LocalCluster.start(tmp_path / "late")
+    try:
+        app = create_app(Settings(auth_tokens=(TOKEN,), redis_url=cluster.url, redis_cluster=True))
+        client = app.test_client()
+        assert post(client, content(call_sid, sid("GT"), 1, "x")).status_code == 200
+        # ... and a cluster that goes away is a 503 again, not a 500.
+        for node in cluster.nodes:
+            node.kill()
+        assert post(client, content(call_sid, sid("GT"), 2, "x")).status_code == 503
+        assert client.get("/readyz").status_code == 503
+    finally:
+        cluster.stop()
+
+
+def test_concurrent_duplicates_on_a_cluster_land_once(
+    start_receiver, redis_cluster, cluster_client, far_call_sid
+):
+    env = {"REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"}
+    receivers = [start_receiver(**env), start_receiver(**env)]
+    params = content(far_call_sid, sid("GT"), 7, "said once, delivered many times")
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(
+            pool.map(lambda n: send(receivers[n % 2].url, params).json()["outcome"], range(40))
+        )
+    assert outcomes.count("stored") == 1
+    assert outcomes.count("duplicate") == 39
+    assert cluster_client.xlen(KEYS.call(far_call_sid)) == 1
+    assert cluster_client.xlen(KEYS.events) == 1
+    assert cluster_client.zcard(KEYS.finals(far_call_sid)) == 1
+
+
+def test_step_two_forgets_after_its_window(cluster_app, cluster_client, far_call_sid):
+    """A 'duplicate' for an entry older than the window is taken as appended long ago."""
+    store: ClusterStore = cluster_app.extensions["receiver"].store
+    keys = [KEYS.events, store.cluster_keys.events_seen]
+    old = store._events(keys=keys, args=[1000, f"{far_call_sid}/1-0", "1-0", 3_600_000, "a", "b"])
+    assert old is None
+    assert cluster_client.xlen(KEYS.events) == 0
+    recent = f"{cluster_client.time()[0] * 1000}-0"
+    args = [1000, f"{far_call_sid}/{recent}", recent, 3_600_000, "call_entry_id", recent]
+    assert store._events(keys=keys, args=args) is not None
+    assert store._events(keys=keys, args=args) is None
+    assert cluster_client.xlen(KEYS.events) == 1
