@@ -61,7 +61,7 @@ def test_serve_with_embedded_redis(tmp_path):
         assert stored.json() == {"outcome": "stored"}
     finally:
         process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=20)
+        rest, _ = process.communicate(timeout=60)
     assert "Embedded Redis stopped." in rest
     assert (tmp_path / "data" / "appendonlydir").is_dir()
 
