@@ -17,7 +17,9 @@ from werkzeug.exceptions import HTTPException
 
 from . import signature
 from .config import Settings
+from .delivery import Delivery, StorageUnavailable
 from .events import InvalidEvent, TrackLabels, now_iso, parse
+from .spool import Rejection
 from .streams import Store
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class Receiver:
 
     settings: Settings
     store: Store
+    delivery: Delivery
 
 
 class Refused(HTTPException):
@@ -105,16 +108,14 @@ def callback():
     try:
         event = parse(params, received_at=received_at, url_labels=labels)
     except InvalidEvent as error:
-        app.store.reject(
-            error,
-            params,
-            received_at=received_at,
-            method=request.method,
-            url=signed_url(request, app.settings),
+        rejection = Rejection(
+            error, params, received_at, request.method, signed_url(request, app.settings)
         )
+        app.delivery.event(rejection)
         raise Refused(400, str(error)) from None
-    outcome = app.store.append(event)
-    return jsonify(outcome=outcome), 200
+    outcome = app.delivery.event(event)
+    # 202: durable in the spool, in Redis once the drainer has replayed it.
+    return jsonify(outcome=outcome), 202 if outcome == "spooled" else 200
 
 
 @bp.route("/healthz")
@@ -124,11 +125,16 @@ def healthz():
 
 @bp.route("/readyz")
 def readyz():
+    """Ready when callbacks can be stored durably: in Redis, or (degraded) in the spool."""
+    spool = _receiver().delivery.spool
+    extra = {} if spool is None else {"spool_depth": spool.depth()}
     try:
         _receiver().store.ping()
     except redis.RedisError as error:
-        return jsonify(status="unavailable", redis=type(error).__name__), 503
-    return jsonify(status="ready", redis="ok")
+        if spool is not None and spool.writable():
+            return jsonify(status="degraded", redis=type(error).__name__, **extra)
+        return jsonify(status="unavailable", redis=type(error).__name__, **extra), 503
+    return jsonify(status="ready", redis="ok", **extra)
 
 
 def _refused(error: HTTPException):
@@ -144,7 +150,12 @@ def _redis_down(error: redis.RedisError):
     return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
 
 
+def _spool_down(error: StorageUnavailable):
+    return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
+
+
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _refused)
     app.register_error_handler(redis.RedisError, _redis_down)
+    app.register_error_handler(StorageUnavailable, _spool_down)

@@ -60,7 +60,13 @@ def start_receiver(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_p
 
     def start(**env: str) -> ReceiverProcess:
         process = ReceiverProcess.start(
-            {"REDIS_URL": redis_server.url, "TWILIO_AUTH_TOKEN": TOKEN, **env}, tmp_path
+            {
+                "REDIS_URL": redis_server.url,
+                "TWILIO_AUTH_TOKEN": TOKEN,
+                "SPOOL_DIR": str(tmp_path / "spool"),
+                **env,
+            },
+            tmp_path,
         )
         started.append(process)
         return process
