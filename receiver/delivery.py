@@ -46,6 +46,8 @@ class Delivery:
     store: Store
     spool: Spool | None = None
     wake: threading.Event = field(default_factory=threading.Event)
+    # The last reason the spool refused a record, until it takes one again (for /readyz).
+    spool_error: str | None = None
     _outage: bool = False
 
     def event(self, record: Record) -> Delivered:
@@ -63,8 +65,10 @@ class Delivery:
         try:
             self.spool.append(record)
         except OSError as error:
+            self.spool_error = str(error)
             log.error("spool %s cannot take a record: %s", self.spool.directory, error)
             raise StorageUnavailable(str(error)) from error
+        self.spool_error = None
         self.wake.set()
         return "spooled"
 
@@ -88,6 +92,9 @@ class Delivery:
                 type(error).__name__,
                 self.spool.directory if self.spool else None,
             )
+
+    def can_spool(self) -> bool:
+        return self.spool is not None and self.spool_error is None and self.spool.writable()
 
     def replay(self, record: Record) -> Delivered:
         """The drainer's way in: always Redis, never the spool again."""

@@ -182,7 +182,7 @@ class Spool:
         with _flock(self.lock_path):
             if not self.log_path.exists():
                 self._new_file()
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
+            fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
             try:
                 size = os.fstat(fd).st_size
                 if size + len(line) > self.max_bytes:

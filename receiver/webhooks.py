@@ -126,12 +126,12 @@ def healthz():
 @bp.route("/readyz")
 def readyz():
     """Ready when callbacks can be stored durably: in Redis, or (degraded) in the spool."""
-    spool = _receiver().delivery.spool
-    extra = {} if spool is None else {"spool_depth": spool.depth()}
+    delivery = _receiver().delivery
+    extra = {} if delivery.spool is None else {"spool_depth": delivery.spool.depth()}
     try:
         _receiver().store.ping()
     except redis.RedisError as error:
-        if spool is not None and spool.writable():
+        if delivery.can_spool():
             return jsonify(status="degraded", redis=type(error).__name__, **extra)
         return jsonify(status="unavailable", redis=type(error).__name__, **extra), 503
     return jsonify(status="ready", redis="ok", **extra)

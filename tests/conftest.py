@@ -74,3 +74,11 @@ def start_receiver(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_p
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
+    """A Redis server of the test's own, to kill and restart (never the session-wide one)."""
+    server = EmbeddedRedis(tmp_path / "own-redis").start()
+    yield server
+    server.stop()
