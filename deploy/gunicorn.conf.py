@@ -22,7 +22,7 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
 timeout = 30
-graceful_timeout = 30  # on SIGTERM, in-flight callbacks get this long to finish
+graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
 # Bounded request parsing: Twilio's callbacks are small.
 limit_request_line = 8190
 limit_request_fields = 100
@@ -44,3 +44,12 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     if not settings.redis_url:
         raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
+
+
+def worker_exit(server, worker):
+    """After a worker's in-flight requests finished (SIGTERM, SIGHUP reload, max requests):
+    stop its spool drainer, which confirms the record in hand and releases the drain lock, so
+    another worker or the next receiver takes over with nothing lost or replayed twice."""
+    from receiver.delivery import stop_drainers
+
+    stop_drainers()

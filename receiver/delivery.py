@@ -8,11 +8,13 @@ the order it was accepted. When the spool cannot take a record either, ``Storage
 becomes a 503 and Twilio retries.
 
 A ``Drainer`` thread runs in every process; the spool's ``drain.lock`` lets only one of them
-replay at a time. It replays each record through the same ``Store`` calls and confirms it in
-the spool's cursor only after Redis answered, so a crash at any point replays at most one
-record, which the dedup key turns into a no-op. Dead letters (``Store.reject``) are spooled the
-same way; they have no dedup key, so a crash in that one-record window can leave one dead
-letter twice in ``rtt:rejected`` (never an event twice in the event streams).
+replay at a time. It replays each record through the same ``Store`` calls and moves the spool's
+cursor past it only after Redis answered: every ``CONFIRM_EVERY`` events (one fsync per group
+keeps draining faster than spooling), after each dead letter, and when it stops. A crash replays
+at most the unconfirmed group, which the events' dedup key turns into no-op duplicates. Dead
+letters (``Store.reject``) are spooled the same way but have no dedup key, so a crash between
+Redis' answer and the cursor's rename can leave one dead letter twice in ``rtt:rejected``
+(never an event twice in the event streams).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Literal
 import redis
 from flask import Flask, current_app
 
+from .events import Event
 from .spool import Record, Rejection, Spool
 from .streams import Outcome, Store
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 Delivered = Outcome | Literal["spooled"]
 
 POLL_SECONDS = 0.2
+CONFIRM_EVERY = 32
 BACKOFF_SECONDS = (0.05, 1.0)
 
 
@@ -167,16 +171,26 @@ class Drainer:
                         log.info("spool drained: %d records replayed into redis", count)
                     return True
                 continue
-            for entry in entries:
-                if self._stop.is_set():
-                    return False
-                if entry.record is None:
-                    self.spool.quarantine(entry)
-                else:
-                    self.delivery.replay(entry.record)
-                self.spool.confirm(generation, entry.end)
-                count += 1
-                self.replayed += 1
+            confirmed, end = 0, 0
+            try:
+                for entry in entries:
+                    if self._stop.is_set():
+                        return False
+                    if entry.record is None:
+                        self.spool.quarantine(entry)
+                    else:
+                        self.delivery.replay(entry.record)
+                    end = entry.end
+                    count += 1
+                    self.replayed += 1
+                    # Events are confirmed in groups (a replay after a crash is a no-op thanks
+                    # to their dedup key); dead letters, which have none, one by one.
+                    if count - confirmed >= CONFIRM_EVERY or not isinstance(entry.record, Event):
+                        self.spool.confirm(generation, end)
+                        confirmed = count
+            finally:
+                if end and confirmed != count:
+                    self.spool.confirm(generation, end)
         return False
 
 

@@ -19,10 +19,10 @@ Layout of ``SPOOL_DIR`` (a local disk; flock is not to be trusted on network fil
   releases the lock and another worker's drainer takes over. So one record is never replayed by
   two processes at once.
 - ``cursor``: ``<generation> <offset>``, the first record Redis has not yet confirmed. It is
-  rewritten (temp file, fsync, rename) after each record Redis confirmed, never before. A crash
-  between Redis' confirmation and that rename replays one record again; the event's dedup key
-  (``TranscriptionSid:SequenceId``) makes the replay a no-op "duplicate", so at-least-once replay
-  plus dedup is exactly once.
+  rewritten (temp file, fsync, rename) after records Redis confirmed, never before. A crash
+  between Redis' confirmation and that rename replays those records again; each event's dedup
+  key (``TranscriptionSid:SequenceId``) makes its replay a no-op "duplicate", so at-least-once
+  replay plus dedup is exactly once.
 - Rotation: once every record is confirmed, the drainer (holding both locks) renames a fresh
   ``spool.log`` with a new generation over the old one. A cursor naming an older generation
   means "from the start of the file", so any crash point leaves either the drained old file with

@@ -1,0 +1,115 @@
+"""Fault injection against real processes: the receiver under gunicorn, a Redis of the test's own.
+
+Each test breaks something while a simulated Twilio posts many concurrent calls (duplicates and
+out-of-order deliveries mixed in, Twilio-like retries), then checks that every callback that got
+a 2xx is in the call streams and in rtt:events exactly once, and prints the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from .load import deliveries, figures, run_load, wait_drained
+
+
+def worker_pids(master: int) -> set[int]:
+    """The gunicorn workers of ``master`` (its child processes), from /proc."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+                pids.add(int(entry.name))
+    return pids
+
+
+def check(name: str, client: redis.Redis, tally) -> None:
+    result = figures(client, tally)
+    print(f"\n[{name}] {result} spooled={tally.spooled} refused={len(tally.refused)}")
+    assert result.acknowledged > 0
+    assert result.lost == 0, result
+    assert result.duplicated == 0, result
+    assert result.global_missing == 0 and result.global_duplicated == 0, result
+
+
+def later(seconds: float, action) -> None:
+    threading.Timer(seconds, action).start()
+
+
+def test_redis_killed_and_restarted_under_load(own_redis, start_receiver, tmp_path):
+    receiver = start_receiver(REDIS_URL=own_redis.url, REDIS_TIMEOUT_MS="500")
+    callbacks = deliveries(calls=24, seed=1)
+    faults = {
+        len(callbacks) // 4: own_redis.kill,
+        len(callbacks) // 2: own_redis.start,  # same port, same data dir
+    }
+    tally = run_load(receiver.url, callbacks, faults=faults)
+    wait_drained(receiver.url)
+    check(
+        "redis killed and restarted",
+        redis.Redis.from_url(own_redis.url, decode_responses=True),
+        tally,
+    )
+    assert not tally.refused
+
+
+def test_workers_restarted_and_killed_under_load(own_redis, start_receiver):
+    receiver = start_receiver(REDIS_URL=own_redis.url, WEB_CONCURRENCY="2")
+    master = receiver.process.pid
+
+    def kill_a_worker() -> None:
+        os.kill(min(worker_pids(master)), signal.SIGKILL)  # a crash, mid-request
+
+    callbacks = deliveries(calls=24, seed=2)
+    n = len(callbacks)
+    faults = {
+        n // 5: lambda: os.kill(master, signal.SIGHUP),  # rolling reload of every worker
+        2 * n // 5: lambda: os.kill(master, signal.SIGTTIN),  # one more worker
+        3 * n // 5: kill_a_worker,
+        4 * n // 5: lambda: os.kill(master, signal.SIGTTOU),  # one fewer
+    }
+    tally = run_load(receiver.url, callbacks, faults=faults)
+    wait_drained(receiver.url)
+    check(
+        "workers reloaded, added, killed, removed",
+        redis.Redis.from_url(own_redis.url, decode_responses=True),
+        tally,
+    )
+    assert not tally.refused
+    assert receiver.process.poll() is None
+
+
+def test_spooled_events_survive_a_receiver_shutdown_and_a_redis_outage(own_redis, start_receiver):
+    """Redis dies; callbacks are spooled; workers reload mid-outage; the receiver is stopped
+    with SIGTERM while still spooling; a new receiver on the same spool drains it all."""
+    receiver = start_receiver(REDIS_URL=own_redis.url, REDIS_TIMEOUT_MS="300")
+    master = receiver.process.pid
+    callbacks = deliveries(calls=16, seed=3)
+    n = len(callbacks)
+    faults = {n // 6: own_redis.kill, n // 2: lambda: os.kill(master, signal.SIGHUP)}
+    tally = run_load(receiver.url, callbacks, faults=faults)
+    assert not tally.refused
+    assert tally.spooled > 0
+    started = time.monotonic()
+    receiver.stop()  # SIGTERM: graceful
+    assert receiver.process.returncode == 0
+    assert time.monotonic() - started < 25
+    log = receiver.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    own_redis.start()
+    successor = start_receiver(REDIS_URL=own_redis.url)
+    wait_drained(successor.url)
+    check(
+        "spool across shutdown and outage",
+        redis.Redis.from_url(own_redis.url, decode_responses=True),
+        tally,
+    )
