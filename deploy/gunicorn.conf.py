@@ -34,6 +34,20 @@ control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
 
+def _bound_silent_clients() -> None:
+    """A gthread worker gives each new connection a thread for up to 5 s while it waits for the
+    first bytes, so a few dozen silent connections stall every callback. Waiting 0.25 s and then
+    parking the connection on the poller (what gunicorn does after its wait anyway) keeps
+    threads for clients that talk. Trickling clients still hold a thread: see the README."""
+    from gunicorn.workers import gthread
+
+    if hasattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT"):
+        gthread.DEFAULT_WORKER_DATA_TIMEOUT = 0.25
+
+
+_bound_silent_clients()
+
+
 def on_starting(server):
     """Refuse to start on a bad configuration, with the reason, before any worker boots."""
     from receiver.config import ConfigError, load_settings

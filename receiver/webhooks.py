@@ -73,7 +73,14 @@ def _form_params(req: Request) -> dict[str, list[str]]:
         return {}
     if req.content_length and req.mimetype not in FORM_TYPES:
         raise Refused(415, f"callbacks are form-encoded; got Content-Type {req.mimetype!r}")
-    return req.form.to_dict(flat=False)
+    try:
+        return req.form.to_dict(flat=False)
+    except HTTPException:
+        raise  # 413: too large, too many parts
+    except Exception as error:
+        # The WSGI server's input stream failed: gunicorn raises its own ParseException for a
+        # malformed chunked body, OSError for a client gone mid-body. A 400, not a 500.
+        raise Refused(400, f"malformed request body ({type(error).__name__})") from None
 
 
 def _verify(req: Request, settings: Settings) -> dict[str, list[str]]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from receiver import create_app
 from receiver.config import Settings
@@ -14,6 +17,16 @@ from receiver.embedded import EmbeddedRedis
 
 from .processes import ReceiverProcess
 from .twilio_calls import TOKEN
+
+# Property-based tests stay fast by default; HYPOTHESIS_PROFILE=long runs many more examples.
+_fixtures_ok = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+hypothesis_settings.register_profile(
+    "default", max_examples=60, deadline=None, suppress_health_check=_fixtures_ok
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=_fixtures_ok
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
