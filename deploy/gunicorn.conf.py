@@ -67,3 +67,16 @@ def worker_exit(server, worker):
     from receiver.delivery import stop_drainers
 
     stop_drainers()
+
+
+def post_worker_init(worker):
+    """The receiver's own log lines (spool, drainer, Redis outages) go where gunicorn's go, in
+    its format and at LOG_LEVEL. They never carry transcripts, tokens, signatures or passwords:
+    tests/test_logs.py checks it over a whole call."""
+    import logging
+
+    error_log = logging.getLogger("gunicorn.error")
+    receiver_log = logging.getLogger("receiver")
+    receiver_log.handlers = list(error_log.handlers)
+    receiver_log.setLevel(error_log.level)
+    receiver_log.propagate = False

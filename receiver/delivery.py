@@ -139,7 +139,7 @@ class Drainer:
         self.delivery.wake.clear()
 
     def _run(self) -> None:
-        backoff = BACKOFF_SECONDS[0]
+        backoff, paused = BACKOFF_SECONDS[0], False
         while not self._stop.is_set():
             if not self.spool.pending():
                 self._wait(self.poll_seconds)
@@ -148,13 +148,14 @@ class Drainer:
                 with self.spool.drain_lock() as held:
                     drained = held and self.drain()
             except redis.RedisError as error:
-                log.warning("spool drain paused, redis unavailable (%s)", type(error).__name__)
-                drained = False
+                if not paused:  # once per outage, not once per retry
+                    log.warning("spool drain paused, redis unavailable (%s)", type(error).__name__)
+                paused, drained = True, False
             except Exception:
                 log.exception("spool drain failed; retrying")
                 drained = False
             if drained:
-                backoff = BACKOFF_SECONDS[0]
+                backoff, paused = BACKOFF_SECONDS[0], False
             else:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_SECONDS[1])
