@@ -3,12 +3,16 @@ and what rediss:// needs."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
+import pytest
 import redis
 import requests
 
 from receiver.embedded import EmbeddedRedis
 
 from .test_end_to_end import send
+from .tls_proxy import TLSProxy, self_signed_certificate
 from .twilio_calls import content, sid
 
 ACL_USER = "rtt-receiver"
@@ -67,4 +71,36 @@ def test_a_wrong_acl_password_is_not_ready_and_never_stores(start_receiver, tmp_
         assert answer.status_code == 503  # Twilio retries; fix the password meanwhile
         assert "wrong" not in ready.text + answer.text + receiver.log.read_text()
     finally:
+        server.stop()
+
+
+def test_rediss_with_a_verified_certificate_and_an_acl_user(start_receiver, tmp_path, call_sid):
+    try:
+        cert, key = self_signed_certificate(tmp_path)
+    except FileNotFoundError:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    server = acl_redis(tmp_path / "acl-redis")
+    proxy = TLSProxy(server.port, cert, key).start()
+    try:
+        url = (
+            f"rediss://{ACL_USER}:{quote(ACL_PASSWORD)}@127.0.0.1:{proxy.port}/0"
+            f"?ssl_ca_certs={quote(str(cert))}"
+        )
+        receiver = start_receiver(REDIS_URL=url)
+        assert requests.get(receiver.url + "/readyz", timeout=5).json()["redis"] == "ok"
+        assert send(receiver.url, content(call_sid, sid("GT"), 1, "over tls")).json() == {
+            "outcome": "stored"
+        }
+        admin = redis.Redis(port=server.port, decode_responses=True)
+        assert admin.xlen(f"rtt:call:{{{call_sid}}}") == 1
+        # The same server without its CA: the certificate is verified, so nothing is stored.
+        untrusted = start_receiver(
+            REDIS_URL=f"rediss://{ACL_USER}:{quote(ACL_PASSWORD)}@127.0.0.1:{proxy.port}/0",
+            SPOOL_DIR="off",
+        )
+        answer = send(untrusted.url, content(call_sid, sid("GT"), 2, "over tls"))
+        assert answer.status_code == 503
+        assert admin.xlen(f"rtt:call:{{{call_sid}}}") == 1
+    finally:
+        proxy.stop()
         server.stop()
