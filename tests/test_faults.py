@@ -113,3 +113,30 @@ def test_spooled_events_survive_a_receiver_shutdown_and_a_redis_outage(own_redis
         redis.Redis.from_url(own_redis.url, decode_responses=True),
         tally,
     )
+
+
+def test_sigterm_lets_in_flight_callbacks_finish(own_redis, start_receiver):
+    """Callbacks that are waiting on a slow Redis when SIGTERM arrives still get their 200."""
+    receiver = start_receiver(REDIS_URL=own_redis.url, REDIS_TIMEOUT_MS="5000")
+    admin = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    callbacks = deliveries(calls=1, seed=4, duplicate_rate=0)[:6]
+    run_load(receiver.url, callbacks[:1])  # workers warm, the script loaded
+    admin.client_pause(1500, all=False)  # writes wait 1.5 s: callbacks are in flight
+    results: list[int] = []
+
+    def post(params) -> None:
+        tally = run_load(receiver.url, [params], concurrency=1)
+        results.append(202 if tally.spooled else 200 if tally.acknowledged else 0)
+
+    threads = [threading.Thread(target=post, args=(p,)) for p in callbacks[1:]]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    receiver.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(20)
+    assert receiver.process.wait(30) == 0
+    print(f"\n[sigterm with {len(threads)} callbacks in flight] answers={sorted(results)}")
+    assert results == [200] * len(threads)
+    stored = {e["sequence_id"] for _, e in admin.xrange("rtt:events")}
+    assert stored == {p["SequenceId"] for p in callbacks}
