@@ -344,3 +344,22 @@ def test_a_restarted_receiver_drains_what_the_last_one_spooled(own_redis, tmp_pa
     finally:
         stop_drainers()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2", "3"]
+
+
+def test_a_full_redis_spools_and_replays_once_memory_is_freed(own_redis, tmp_path, call_sid):
+    """With maxmemory-policy noeviction a full Redis refuses writes (OOM): spooled, not lost."""
+    delivery = Delivery(store_for(own_redis.url), Spool(tmp_path / "spool"))
+    assert delivery.event(make_event(call_sid, 1)) == "stored"
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    assert delivery.event(make_event(call_sid, 2)) == "spooled"
+    drainer = Drainer(delivery, poll_seconds=0.05).start()
+    try:
+        time.sleep(0.3)
+        assert delivery.spool.depth() == 1  # Redis still full: kept, retried
+        admin.config_set("maxmemory", "0")
+        wait_for(lambda: not delivery.spool.pending())
+    finally:
+        drainer.stop()
+    assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]
