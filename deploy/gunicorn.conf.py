@@ -58,6 +58,16 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     if not settings.redis_url:
         raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
+    if settings.spool_dir:
+        from receiver.spool import Spool
+
+        try:
+            spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        except OSError as error:
+            raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r}: {error}") from None
+        if not spool.writable():
+            raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r} is not writable")
+        server.log.info("spool: %s (%d records waiting)", spool.directory.resolve(), spool.depth())
 
 
 def worker_exit(server, worker):

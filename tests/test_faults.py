@@ -140,3 +140,28 @@ def test_sigterm_lets_in_flight_callbacks_finish(own_redis, start_receiver):
     assert results == [200] * len(threads)
     stored = {e["sequence_id"] for _, e in admin.xrange("rtt:events")}
     assert stored == {p["SequenceId"] for p in callbacks}
+
+
+def test_workers_killed_while_draining_the_spool(own_redis, start_receiver):
+    """A backlog is spooled during an outage; when Redis returns, every worker is SIGKILLed in
+    the middle of the replay, twice. The drain lock passes to the new workers, which replay
+    from the last confirmed record: the few replayed twice are absorbed by the dedup key."""
+    receiver = start_receiver(REDIS_URL=own_redis.url, REDIS_TIMEOUT_MS="300")
+    master = receiver.process.pid
+    own_redis.kill()
+    tally = run_load(receiver.url, deliveries(calls=30, seed=5))
+    assert tally.spooled > 0 and not tally.refused
+    own_redis.start()
+    admin = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    replayed_at_kill = []
+    for _ in range(2):
+        deadline = time.monotonic() + 10
+        while admin.xlen("rtt:events") == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the replay has started
+        replayed_at_kill.append(admin.xlen("rtt:events"))
+        for pid in worker_pids(master):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+    wait_drained(receiver.url)
+    print(f"\n[all workers killed twice] entries replayed when killed: {replayed_at_kill}")
+    check("workers killed while draining", admin, tally)

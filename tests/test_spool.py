@@ -363,3 +363,36 @@ def test_a_full_redis_spools_and_replays_once_memory_is_freed(own_redis, tmp_pat
     finally:
         drainer.stop()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]
+
+
+def test_gunicorn_refuses_a_spool_dir_it_cannot_use(start_receiver, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RuntimeError, match="SPOOL_DIR="):
+        start_receiver(SPOOL_DIR=str(blocker / "spool"))
+
+
+def test_spool_settings_from_the_environment():
+    from receiver.config import ConfigError, load_settings
+
+    base = {"TWILIO_AUTH_TOKEN": TOKEN}
+    defaults = load_settings(base)
+    assert (defaults.spool_dir, defaults.redis_timeout_ms) == ("var/spool", 1000)
+    assert load_settings({**base, "SPOOL_DIR": "off"}).spool_dir is None
+    custom = load_settings(
+        {
+            **base,
+            "SPOOL_DIR": "/data/spool",
+            "SPOOL_MAX_BYTES": "1048576",
+            "REDIS_TIMEOUT_MS": "250",
+        }
+    )
+    assert (custom.spool_dir, custom.spool_max_bytes, custom.redis_timeout_ms) == (
+        "/data/spool",
+        1048576,
+        250,
+    )
+    with pytest.raises(ConfigError, match=r"REDIS_TIMEOUT_MS='soon' is not a whole number"):
+        load_settings({**base, "REDIS_TIMEOUT_MS": "soon"})
+    with pytest.raises(ConfigError, match=r"SPOOL_MAX_BYTES='10' must be at least 65536"):
+        load_settings({**base, "SPOOL_MAX_BYTES": "10"})
