@@ -63,6 +63,7 @@ def on_starting(server):
 
         try:
             spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+            spool.check()
         except OSError as error:
             raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r}: {error}") from None
         if not spool.writable():

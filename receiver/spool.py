@@ -209,6 +209,19 @@ class Spool:
         _fsync_dir(self.directory)
         return generation
 
+    def check(self) -> None:
+        """Refuse a spool written in another format (a downgrade, or not a spool at all): its
+        records would be misread. SpoolError says which file and what to do."""
+        if not self.log_path.exists():
+            return
+        with self.log_path.open("rb") as spool:
+            try:
+                self._generation(spool.fileno())
+            except SpoolError as error:
+                raise SpoolError(
+                    f"{error}: drain it with the release that wrote it, or move it away"
+                ) from None
+
     def pending(self) -> bool:
         """True while records wait for Redis: new events then queue behind them, in order."""
         try:

@@ -370,6 +370,11 @@ def test_gunicorn_refuses_a_spool_dir_it_cannot_use(start_receiver, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(RuntimeError, match="SPOOL_DIR="):
         start_receiver(SPOOL_DIR=str(blocker / "spool"))
+    future = tmp_path / "future"
+    future.mkdir()
+    (future / "spool.log").write_text("rtt-spool 2 " + "0" * 32 + "\n")
+    with pytest.raises(RuntimeError, match=r"no rtt-spool 1 header.*move it away"):
+        start_receiver(SPOOL_DIR=str(future))
 
 
 def test_spool_settings_from_the_environment():
