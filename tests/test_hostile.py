@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from dataclasses import replace
 from urllib.parse import quote, urlencode
 
@@ -277,10 +276,7 @@ def test_slow_clients_do_not_stop_the_receiver(start_receiver, redis_client):
     server = start_receiver(GUNICORN_THREADS="2", WEB_CONCURRENCY="1")
     silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
     try:
-        started = time.monotonic()
-        response = requests.get(server.url + "/healthz", timeout=10)
-        assert response.ok
-        assert time.monotonic() - started < 10
+        assert requests.get(server.url + "/healthz", timeout=10).ok
     finally:
         for sock in silent:
             sock.close()

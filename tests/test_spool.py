@@ -251,10 +251,10 @@ def test_slower_than_the_bound_spools(own_redis, tmp_path, call_sid):
     delivery = Delivery(store_for(own_redis.url, timeout=0.2), Spool(tmp_path / "spool"))
     delivery.event(make_event(call_sid, 1))  # loads the script
     admin = redis.Redis.from_url(own_redis.url)
-    admin.client_pause(1500, all=False)  # writes wait: Redis is alive but slow
-    started = time.monotonic()
+    admin.client_pause(10_000, all=False)  # writes wait: Redis is alive but slow
+    # Spooled, not stored: the answer came at the 0.2 s bound, long before the pause ended.
     assert delivery.event(make_event(call_sid, 2)) == "spooled"
-    assert time.monotonic() - started < 1.4  # answered within the bound, not after the pause
+    admin.client_unpause()
     drainer = Drainer(delivery, poll_seconds=0.05).start()
     try:
         wait_for(lambda: not delivery.spool.pending())
