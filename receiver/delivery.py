@@ -54,7 +54,7 @@ class Delivery:
     spool_error: str | None = None
     _outage: bool = False
 
-    def event(self, record: Record) -> Delivered:
+    def deliver(self, record: Record) -> Delivered:
         """Store an event or a rejection durably; ``spooled`` when it went to the spool."""
         if self.spool is None:
             return self._to_redis(record)  # a RedisError becomes a 503

@@ -1,8 +1,9 @@
 """HTTP endpoints: the only module that touches ``flask.request``.
 
 A callback goes request -> verified request -> normalized event -> stream entry. The answer
-tells Twilio what to do next: 2xx means stored (or stored before), 4xx means "do not retry"
-(Twilio will not), 503 means "retry" (Twilio retries 5xx).
+tells Twilio what to do next: 2xx means durable (200: in Redis, or stored before; 202: in the
+local spool, on its way to Redis), 4xx means "do not retry" (Twilio will not), 503 means "retry"
+(Twilio retries 5xx).
 """
 
 from __future__ import annotations
@@ -118,9 +119,9 @@ def callback():
         rejection = Rejection(
             error, params, received_at, request.method, signed_url(request, app.settings)
         )
-        app.delivery.event(rejection)
+        app.delivery.deliver(rejection)
         raise Refused(400, str(error)) from None
-    outcome = app.delivery.event(event)
+    outcome = app.delivery.deliver(event)
     # 202: durable in the spool, in Redis once the drainer has replayed it.
     return jsonify(outcome=outcome), 202 if outcome == "spooled" else 200
 

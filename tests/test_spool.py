@@ -202,13 +202,13 @@ def test_redis_down_spools_then_the_drainer_replays_in_order_exactly_once(
     own_redis, tmp_path, call_sid
 ):
     delivery = Delivery(store_for(own_redis.url), Spool(tmp_path / "spool"))
-    assert delivery.event(make_event(call_sid, 1)) == "stored"
+    assert delivery.deliver(make_event(call_sid, 1)) == "stored"
     own_redis.kill()
-    assert delivery.event(make_event(call_sid, 2)) == "spooled"
-    assert delivery.event(make_event(call_sid, 2)) == "spooled"  # Twilio's retry, spooled too
+    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"
+    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"  # Twilio's retry, spooled too
     own_redis.start()
     # Redis is back, but records still wait: new ones queue behind them, in order.
-    assert delivery.event(make_event(call_sid, 3)) == "spooled"
+    assert delivery.deliver(make_event(call_sid, 3)) == "spooled"
     drainer = Drainer(delivery, poll_seconds=0.05).start()
     try:
         wait_for(lambda: not delivery.spool.pending())
@@ -216,7 +216,7 @@ def test_redis_down_spools_then_the_drainer_replays_in_order_exactly_once(
         drainer.stop()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2", "3"]
     assert drainer.replayed == 3
-    assert delivery.event(make_event(call_sid, 4)) == "stored"
+    assert delivery.deliver(make_event(call_sid, 4)) == "stored"
 
 
 def test_a_replay_interrupted_before_its_confirmation_is_not_stored_twice(
@@ -249,11 +249,11 @@ def test_an_unreadable_record_does_not_block_the_ones_behind_it(own_redis, tmp_p
 
 def test_slower_than_the_bound_spools(own_redis, tmp_path, call_sid):
     delivery = Delivery(store_for(own_redis.url, timeout=0.2), Spool(tmp_path / "spool"))
-    delivery.event(make_event(call_sid, 1))  # loads the script
+    delivery.deliver(make_event(call_sid, 1))  # loads the script
     admin = redis.Redis.from_url(own_redis.url)
     admin.client_pause(10_000, all=False)  # writes wait: Redis is alive but slow
     # Spooled, not stored: the answer came at the 0.2 s bound, long before the pause ended.
-    assert delivery.event(make_event(call_sid, 2)) == "spooled"
+    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"
     admin.client_unpause()
     drainer = Drainer(delivery, poll_seconds=0.05).start()
     try:
@@ -349,11 +349,11 @@ def test_a_restarted_receiver_drains_what_the_last_one_spooled(own_redis, tmp_pa
 def test_a_full_redis_spools_and_replays_once_memory_is_freed(own_redis, tmp_path, call_sid):
     """With maxmemory-policy noeviction a full Redis refuses writes (OOM): spooled, not lost."""
     delivery = Delivery(store_for(own_redis.url), Spool(tmp_path / "spool"))
-    assert delivery.event(make_event(call_sid, 1)) == "stored"
+    assert delivery.deliver(make_event(call_sid, 1)) == "stored"
     admin = redis.Redis.from_url(own_redis.url)
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", "1")
-    assert delivery.event(make_event(call_sid, 2)) == "spooled"
+    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"
     drainer = Drainer(delivery, poll_seconds=0.05).start()
     try:
         time.sleep(0.3)
