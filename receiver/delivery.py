@@ -152,8 +152,9 @@ class Drainer:
                     log.warning("spool drain paused, redis unavailable (%s)", type(error).__name__)
                 paused, drained = True, False
             except Exception:
-                log.exception("spool drain failed; retrying")
-                drained = False
+                if not paused:  # a broken spool file or disk: say it once, keep retrying
+                    log.exception("spool drain failed; retrying")
+                paused, drained = True, False
             if drained:
                 backoff, paused = BACKOFF_SECONDS[0], False
             else:
