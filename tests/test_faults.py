@@ -169,3 +169,27 @@ def test_workers_killed_while_draining_the_spool(own_redis, start_receiver):
     wait_drained(receiver.url)
     print(f"\n[all workers killed twice] entries replayed when killed: {replayed_at_kill}")
     check("workers killed while draining", admin, tally)
+
+
+def test_two_receivers_sharing_one_spool(own_redis, start_receiver):
+    """Blue/green on one host: two gunicorn masters, one SPOOL_DIR. Both spool during an
+    outage; their drainers take turns on the drain lock; everything lands once."""
+    blue = start_receiver(REDIS_URL=own_redis.url, REDIS_TIMEOUT_MS="300")
+    green = start_receiver(REDIS_URL=own_redis.url, REDIS_TIMEOUT_MS="300")
+    callbacks = deliveries(calls=12, seed=6)
+    own_redis.kill()
+    half = len(callbacks) // 2
+    tallies = [run_load(blue.url, callbacks[:half]), run_load(green.url, callbacks[half:])]
+    own_redis.start()
+    wait_drained(blue.url)
+    wait_drained(green.url)
+    tally = tallies[0]
+    tally.sent += tallies[1].sent
+    tally.spooled += tallies[1].spooled
+    tally.acknowledged |= tallies[1].acknowledged
+    assert tally.spooled > 0 and not tally.refused and not tallies[1].refused
+    check(
+        "two receivers, one spool",
+        redis.Redis.from_url(own_redis.url, decode_responses=True),
+        tally,
+    )
