@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint audit clean
 
 $(BIN)/receiver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(BIN)/receiver
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples
 	$(BIN)/ruff format --check receiver tests examples
+
+# Known vulnerabilities in the installed dependencies (PyPI's advisory data). Not part of
+# `make test`: it needs PyPI's JSON API, which offline and mirrored machines cannot reach.
+# --strict fails when any dependency could not be checked, rather than reporting "none found".
+audit: $(BIN)/receiver
+	$(BIN)/pip-audit --skip-editable --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -38,7 +38,7 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
 timeout = 30
-graceful_timeout = 30  # on SIGTERM, in-flight callbacks get this long to finish
+graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
 # Bounded request parsing: Twilio's callbacks are small.
 limit_request_line = 8190
 limit_request_fields = 100
@@ -63,8 +63,10 @@ if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
                 "propagate": False,
                 "qualname": "gunicorn.error",
             },
+            # A logconfig_dict turns gunicorn's access log on; its lines carry the query
+            # string, where GET callbacks carry the transcript: keep it off, as accesslog is.
             "gunicorn.access": {
-                "level": "INFO",
+                "level": "WARNING",
                 "handlers": ["console"],
                 "propagate": False,
                 "qualname": "gunicorn.access",
@@ -74,6 +76,20 @@ if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
         },
         "formatters": {"generic": {"()": "receiver.logs.JsonFormatter"}},
     }
+
+
+def _bound_silent_clients() -> None:
+    """A gthread worker gives each new connection a thread for up to 5 s while it waits for the
+    first bytes, so a few dozen silent connections stall every callback. Waiting 0.25 s and then
+    parking the connection on the poller (what gunicorn does after its wait anyway) keeps
+    threads for clients that talk. Trickling clients still hold a thread: see the README."""
+    from gunicorn.workers import gthread
+
+    if hasattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT"):
+        gthread.DEFAULT_WORKER_DATA_TIMEOUT = 0.25
+
+
+_bound_silent_clients()
 
 
 def on_starting(server):
@@ -87,11 +103,31 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     if not settings.redis_url:
         raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
+    if settings.spool_dir:
+        from receiver.spool import Spool
+
+        try:
+            spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+            spool.check()
+        except OSError as error:
+            raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r}: {error}") from None
+        if not spool.writable():
+            raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r} is not writable")
+        server.log.info("spool: %s (%d records waiting)", spool.directory.resolve(), spool.depth())
     try:
         logs.configure()
     except ValueError as error:
         raise SystemExit(f"rtt-receiver: {error}") from None
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def worker_exit(server, worker):
+    """After a worker's in-flight requests finished (SIGTERM, SIGHUP reload, max requests):
+    stop its spool drainer, which confirms the record in hand and releases the drain lock, so
+    another worker or the next receiver takes over with nothing lost or replayed twice."""
+    from receiver.delivery import stop_drainers
+
+    stop_drainers()
 
 
 def child_exit(server, worker):

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import redis
 from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cluster, logs, metrics, telemetry, webhooks
 from .config import Settings, load_settings
+from .delivery import Delivery, Drainer, spool_depth
+from .spool import Spool
 from .streams import Keys, Store
 
 __all__ = ["create_app"]
@@ -35,10 +39,20 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
-    connect = cluster.connect if settings.redis_cluster else redis.Redis.from_url
-    client = connect(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-    )
+    # Bounded: past REDIS_TIMEOUT_MS the event goes to the spool instead.
+    timeout = settings.redis_timeout_ms / 1000
+    options = dict(socket_timeout=timeout, socket_connect_timeout=timeout)
+    if settings.redis_cluster:
+        client = cluster.connect(settings.redis_url, **options)
+    else:
+        # One immediate retry on a broken connection (a pooled one after a Redis restart),
+        # none after a timeout.
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            **options,
+        )
     store = (cluster.ClusterStore if settings.redis_cluster else Store)(
         client,
         Keys(settings.stream_prefix),
@@ -46,8 +60,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.events_maxlen,
         settings.rejected_maxlen,
     )
-    app.extensions["receiver"] = webhooks.Receiver(settings, store)
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
+    delivery = Delivery(store, spool)
+    app.extensions["receiver"] = webhooks.Receiver(settings, store, delivery)
+    if spool is not None:
+        # One drainer thread per process; the spool's drain.lock lets one replay at a time.
+        app.extensions["receiver_drainer"] = Drainer(delivery).start()
     webhooks.register(app)
-    live = metrics.LiveState(client, store.keys.active_calls, spool_depth=lambda: 0)
+    live = metrics.LiveState(client, store.keys.active_calls, spool_depth=lambda: spool_depth(app))
     telemetry.install(app, live, webhooks.CALLBACK_PATH)
     return app

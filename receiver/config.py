@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 ACCOUNT_SID_PATTERN = re.compile(r"^AC[0-9a-fA-F]{32}$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+DEFAULT_SPOOL_DIR = "var/spool"
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,11 @@ class Settings:
     rejected_maxlen: int = 100_000
     call_retention_seconds: int = 7 * 24 * 3600
     max_body_bytes: int = 256 * 1024
+    # Durability when Redis cannot take an event in time (see receiver/spool.py); None: no spool,
+    # a Redis outage is answered 503.
+    spool_dir: str | None = None
+    spool_max_bytes: int = 1024**3
+    redis_timeout_ms: int = 1000
 
     def __repr__(self) -> str:
         # Tokens and Redis passwords must never reach a log or a traceback.
@@ -37,7 +43,7 @@ class Settings:
             f"Settings(auth_tokens=<{len(self.auth_tokens)} hidden>, "
             f"account_sid={self.account_sid!r}, public_base_url={self.public_base_url!r}, "
             f"proxy_hops={self.proxy_hops}, redis_url={redact_url(self.redis_url)!r}, "
-            f"stream_prefix={self.stream_prefix!r})"
+            f"stream_prefix={self.stream_prefix!r}, spool_dir={self.spool_dir!r})"
         )
 
 
@@ -102,6 +108,13 @@ def _public_base_url(env: Mapping[str, str]) -> str | None:
     return raw.rstrip("/")
 
 
+def _spool_dir(env: Mapping[str, str]) -> str | None:
+    raw = env.get("SPOOL_DIR", "").strip()
+    if raw.lower() == "off":
+        return None
+    return raw or DEFAULT_SPOOL_DIR
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool = True) -> Settings:
     """Read every setting from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -144,4 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
         ),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
+        spool_dir=_spool_dir(env),
+        spool_max_bytes=_int(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),
+        redis_timeout_ms=_int(env, "REDIS_TIMEOUT_MS", Settings.redis_timeout_ms, 10),
     )

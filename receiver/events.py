@@ -156,8 +156,8 @@ def _number(name: str, raw: object) -> str | None:
         raise InvalidEvent(name, str(raw), "must be a number")
     try:
         value = float(raw)
-    except ValueError:
-        raise InvalidEvent(name, str(raw), "must be a number") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer with hundreds of digits
+        raise InvalidEvent(name, str(raw)[:80], "must be a number") from None
     if not math.isfinite(value):
         raise InvalidEvent(name, str(raw), "must be a finite number")
     return str(raw) if isinstance(raw, str) else repr(raw)
@@ -179,7 +179,7 @@ def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, obj
         raise InvalidEvent("TranscriptionData", None, "required on transcription-content")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python allows
         raise InvalidEvent("TranscriptionData", raw, "is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidEvent("TranscriptionData", raw, "must be a JSON object")

@@ -76,8 +76,8 @@ def count_redis_error(error: BaseException) -> None:
 
 class LiveState:
     """Gauges read when scraped: calls in progress (``ZCARD`` of the active calls index) and
-    the spool depth (from ``spool_depth``, a callable the on-disk spool plugs in; until one
-    does, the spool is empty by definition and it reports 0)."""
+    the spool depth (from ``spool_depth``, a callable reading the on-disk spool; 0 without
+    one)."""
 
     def __init__(
         self, client: redis.Redis, active_calls_key: str, spool_depth: Callable[[], int]

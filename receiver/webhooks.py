@@ -1,8 +1,9 @@
 """HTTP endpoints: the only module that touches ``flask.request``.
 
 A callback goes request -> verified request -> normalized event -> stream entry. The answer
-tells Twilio what to do next: 2xx means stored (or stored before), 4xx means "do not retry"
-(Twilio will not), 503 means "retry" (Twilio retries 5xx).
+tells Twilio what to do next: 2xx means durable (200: in Redis, or stored before; 202: in the
+local spool, on its way to Redis), 4xx means "do not retry" (Twilio will not), 503 means "retry"
+(Twilio retries 5xx).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from werkzeug.exceptions import HTTPException
 
 from . import metrics, signature
 from .config import Settings
+from .delivery import Delivery, StorageUnavailable
 from .events import InvalidEvent, TrackLabels, now_iso, parse
+from .spool import Rejection
 from .streams import Store
 from .telemetry import note
 
@@ -35,6 +38,7 @@ class Receiver:
 
     settings: Settings
     store: Store
+    delivery: Delivery
 
 
 class Refused(HTTPException):
@@ -71,7 +75,14 @@ def _form_params(req: Request) -> dict[str, list[str]]:
         return {}
     if req.content_length and req.mimetype not in FORM_TYPES:
         raise Refused(415, f"callbacks are form-encoded; got Content-Type {req.mimetype!r}")
-    return req.form.to_dict(flat=False)
+    try:
+        return req.form.to_dict(flat=False)
+    except HTTPException:
+        raise  # 413: too large, too many parts
+    except Exception as error:
+        # The WSGI server's input stream failed: gunicorn raises its own ParseException for a
+        # malformed chunked body, OSError for a client gone mid-body. A 400, not a 500.
+        raise Refused(400, f"malformed request body ({type(error).__name__})") from None
 
 
 def _verify(req: Request, settings: Settings) -> dict[str, list[str]]:
@@ -110,13 +121,10 @@ def callback():
         event = parse(params, received_at=received_at, url_labels=labels)
     except InvalidEvent as error:
         note(outcome="rejected", reason=error.field)
-        app.store.reject(
-            error,
-            params,
-            received_at=received_at,
-            method=request.method,
-            url=signed_url(request, app.settings),
+        rejection = Rejection(
+            error, params, received_at, request.method, signed_url(request, app.settings)
         )
+        app.delivery.deliver(rejection)
         raise Refused(400, str(error)) from None
     note(
         event=event.event,
@@ -124,9 +132,10 @@ def callback():
         transcription_sid=event.transcription_sid,
         sequence_id=event.sequence_id,
     )
-    outcome = app.store.append(event)
+    outcome = app.delivery.deliver(event)
     note(outcome=outcome)
-    return jsonify(outcome=outcome), 200
+    # 202: durable in the spool, in Redis once the drainer has replayed it.
+    return jsonify(outcome=outcome), 202 if outcome == "spooled" else 200
 
 
 @bp.route("/healthz")
@@ -136,12 +145,17 @@ def healthz():
 
 @bp.route("/readyz")
 def readyz():
+    """Ready when callbacks can be stored durably: in Redis, or (degraded) in the spool."""
+    delivery = _receiver().delivery
+    extra = {} if delivery.spool is None else {"spool_depth": delivery.spool.depth()}
     try:
         _receiver().store.ping()
     except redis.RedisError as error:
         metrics.count_redis_error(error)
-        return jsonify(status="unavailable", redis=type(error).__name__), 503
-    return jsonify(status="ready", redis="ok")
+        if delivery.can_spool():
+            return jsonify(status="degraded", redis=type(error).__name__, **extra)
+        return jsonify(status="unavailable", redis=type(error).__name__, **extra), 503
+    return jsonify(status="ready", redis="ok", **extra)
 
 
 def _refused(error: HTTPException):
@@ -159,7 +173,13 @@ def _redis_down(error: redis.RedisError):
     return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
 
 
+def _spool_down(error: StorageUnavailable):
+    note(outcome="storage_unavailable", reason="")
+    return _refused(Refused(503, "storage unavailable, retry later", Retry_After="1"))
+
+
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _refused)
     app.register_error_handler(redis.RedisError, _redis_down)
+    app.register_error_handler(StorageUnavailable, _spool_down)

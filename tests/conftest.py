@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from receiver import create_app
 from receiver.config import Settings
@@ -14,6 +17,16 @@ from receiver.embedded import EmbeddedRedis
 
 from .processes import ReceiverProcess
 from .twilio_calls import TOKEN
+
+# Property-based tests stay fast by default; HYPOTHESIS_PROFILE=long runs many more examples.
+_fixtures_ok = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+hypothesis_settings.register_profile(
+    "default", max_examples=60, deadline=None, suppress_health_check=_fixtures_ok
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=_fixtures_ok
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +73,13 @@ def start_receiver(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_p
 
     def start(**env: str) -> ReceiverProcess:
         process = ReceiverProcess.start(
-            {"REDIS_URL": redis_server.url, "TWILIO_AUTH_TOKEN": TOKEN, **env}, tmp_path
+            {
+                "REDIS_URL": redis_server.url,
+                "TWILIO_AUTH_TOKEN": TOKEN,
+                "SPOOL_DIR": str(tmp_path / "spool"),
+                **env,
+            },
+            tmp_path,
         )
         started.append(process)
         return process
@@ -68,3 +87,11 @@ def start_receiver(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_p
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
+    """A Redis server of the test's own, to kill and restart (never the session-wide one)."""
+    server = EmbeddedRedis(tmp_path / "own-redis").start()
+    yield server
+    server.stop()

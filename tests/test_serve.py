@@ -21,6 +21,7 @@ def test_serve_with_embedded_redis(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env["TWILIO_AUTH_TOKEN"] = TOKEN
+    env["SPOOL_DIR"] = str(tmp_path / "spool")
     command = [
         sys.executable,
         "-m",
@@ -50,7 +51,7 @@ def test_serve_with_embedded_redis(tmp_path):
             except requests.ConnectionError:
                 assert time.monotonic() < deadline, output
                 time.sleep(0.1)
-        assert ready.json() == {"status": "ready", "redis": "ok"}
+        assert ready.json() == {"status": "ready", "redis": "ok", "spool_depth": 0}
         params = content("CA" + "1" * 32, sid("GT"), 1, "hello")
         stored = requests.post(
             callback_url,

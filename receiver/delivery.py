@@ -1,0 +1,214 @@
+"""Durable before 2xx: an event goes to Redis, or to the spool when Redis cannot take it in time.
+
+``Delivery`` is what the callback view calls. It writes to Redis through ``Store`` (the
+exactly-once script); when Redis raises (down, failing over, or slower than
+``REDIS_TIMEOUT_MS``) it appends the record to the spool and the caller answers 202. While the
+spool holds records, new ones queue behind them in the spool, so Redis receives everything in
+the order it was accepted. When the spool cannot take a record either, ``StorageUnavailable``
+becomes a 503 and Twilio retries.
+
+A ``Drainer`` thread runs in every process; the spool's ``drain.lock`` lets only one of them
+replay at a time. It replays each record through the same ``Store`` calls and moves the spool's
+cursor past it only after Redis answered: every ``CONFIRM_EVERY`` events (one fsync per group
+keeps draining faster than spooling), after each dead letter, and when it stops. A crash replays
+at most the unconfirmed group, which the events' dedup key turns into no-op duplicates. Dead
+letters (``Store.reject``) are spooled the same way but have no dedup key, so a crash between
+Redis' answer and the cursor's rename can leave one dead letter twice in ``rtt:rejected``
+(never an event twice in the event streams).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import redis
+from flask import Flask, current_app
+
+from .events import Event
+from .spool import Record, Rejection, Spool
+from .streams import Outcome, Store
+
+log = logging.getLogger(__name__)
+
+Delivered = Outcome | Literal["spooled"]
+
+POLL_SECONDS = 0.2
+CONFIRM_EVERY = 32
+BACKOFF_SECONDS = (0.05, 1.0)
+
+
+class StorageUnavailable(Exception):
+    """Neither Redis nor the spool could take a record: answer 503 so that Twilio retries."""
+
+
+@dataclass
+class Delivery:
+    store: Store
+    spool: Spool | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+    # The last reason the spool refused a record, until it takes one again (for /readyz).
+    spool_error: str | None = None
+    _outage: bool = False
+
+    def deliver(self, record: Record) -> Delivered:
+        """Store an event or a rejection durably; ``spooled`` when it went to the spool."""
+        if self.spool is None:
+            return self._to_redis(record)  # a RedisError becomes a 503
+        if not self.spool.pending():
+            try:
+                outcome = self._to_redis(record)
+            except redis.RedisError as error:
+                self._note_outage(error)
+            else:
+                self._outage = False
+                return outcome
+        try:
+            self.spool.append(record)
+        except OSError as error:
+            self.spool_error = str(error)
+            log.error("spool %s cannot take a record: %s", self.spool.directory, error)
+            raise StorageUnavailable(str(error)) from error
+        self.spool_error = None
+        self.wake.set()
+        return "spooled"
+
+    def _to_redis(self, record: Record) -> Delivered:
+        if isinstance(record, Rejection):
+            self.store.reject(
+                record.error,
+                record.params,
+                received_at=record.received_at,
+                method=record.method,
+                url=record.url,
+            )
+            return "stored"
+        return self.store.append(record)
+
+    def _note_outage(self, error: redis.RedisError) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning(
+                "redis unavailable (%s): callbacks go to the spool in %s",
+                type(error).__name__,
+                self.spool.directory if self.spool else None,
+            )
+
+    def can_spool(self) -> bool:
+        return self.spool is not None and self.spool_error is None and self.spool.writable()
+
+    def replay(self, record: Record) -> Delivered:
+        """The drainer's way in: always Redis, never the spool again."""
+        return self._to_redis(record)
+
+
+@dataclass(eq=False)
+class Drainer:
+    """Replays the spool into Redis in order, from a daemon thread with a stop event."""
+
+    delivery: Delivery
+    poll_seconds: float = POLL_SECONDS
+    replayed: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def spool(self) -> Spool:
+        assert self.delivery.spool is not None
+        return self.delivery.spool
+
+    def start(self) -> Drainer:
+        self._thread = threading.Thread(target=self._run, name="rtt-spool-drainer", daemon=True)
+        self._thread.start()
+        _running.add(self)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the record in hand, confirm it, release the lock, end the thread."""
+        self._stop.set()
+        self.delivery.wake.set()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        _running.discard(self)
+
+    def _wait(self, seconds: float) -> None:
+        self.delivery.wake.wait(seconds)
+        self.delivery.wake.clear()
+
+    def _run(self) -> None:
+        backoff, paused = BACKOFF_SECONDS[0], False
+        while not self._stop.is_set():
+            if not self.spool.pending():
+                self._wait(self.poll_seconds)
+                continue
+            try:
+                with self.spool.drain_lock() as held:
+                    drained = held and self.drain()
+            except redis.RedisError as error:
+                if not paused:  # once per outage, not once per retry
+                    log.warning("spool drain paused, redis unavailable (%s)", type(error).__name__)
+                paused, drained = True, False
+            except Exception:
+                if not paused:  # a broken spool file or disk: say it once, keep retrying
+                    log.exception("spool drain failed; retrying")
+                paused, drained = True, False
+            if drained:
+                backoff, paused = BACKOFF_SECONDS[0], False
+            else:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_SECONDS[1])
+
+    def drain(self) -> bool:
+        """Replay until the spool is empty (True) or until stopped; caller holds drain.lock.
+        A RedisError leaves the record unconfirmed for the next attempt."""
+        count = 0
+        while not self._stop.is_set():
+            generation, entries = self.spool.read_batch()
+            if not entries:
+                if self.spool.rotate_if_drained():
+                    if count:
+                        log.info("spool drained: %d records replayed into redis", count)
+                    return True
+                continue
+            confirmed, end = 0, 0
+            try:
+                for entry in entries:
+                    if self._stop.is_set():
+                        return False
+                    if entry.record is None:
+                        self.spool.quarantine(entry)
+                    else:
+                        self.delivery.replay(entry.record)
+                    end = entry.end
+                    count += 1
+                    self.replayed += 1
+                    # Events are confirmed in groups (a replay after a crash is a no-op thanks
+                    # to their dedup key); dead letters, which have none, one by one.
+                    if count - confirmed >= CONFIRM_EVERY or not isinstance(entry.record, Event):
+                        self.spool.confirm(generation, end)
+                        confirmed = count
+            finally:
+                if end and confirmed != count:
+                    self.spool.confirm(generation, end)
+        return False
+
+
+_running: set[Drainer] = set()
+
+
+def stop_drainers() -> None:
+    """Stop every drainer of this process (gunicorn's worker_exit hook and atexit call it)."""
+    for drainer in list(_running):
+        drainer.stop()
+
+
+atexit.register(stop_drainers)
+
+
+def spool_depth(app: Flask | None = None) -> int:
+    """Records waiting in the spool for Redis (0 without a spool): for /readyz and the metrics."""
+    delivery: Delivery = (app or current_app).extensions["receiver"].delivery
+    return delivery.spool.depth() if delivery.spool else 0
