@@ -354,7 +354,7 @@ class EmulatorServer:
         )
         self.port = self._server.server_port
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="emulator", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="emulator", daemon=True
         )
         self._thread.start()
         return self

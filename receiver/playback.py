@@ -64,13 +64,18 @@ class Delivery:
 def signed_request(
     url: str, method: str, params: dict[str, str], auth_token: str
 ) -> tuple[str, dict[str, str] | None, dict[str, str]]:
-    """(URL to call, form body or None, headers) exactly as Twilio would send them."""
+    """(URL to call, form body or None, headers) exactly as Twilio would send them.
+
+    The signature covers the URL as it goes on the wire, so it is quoted the way ``requests``
+    will send it before it is signed (a space in a query becomes ``%20`` on both sides).
+    """
     if method == "GET":
-        joined = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
-        headers = {signature.SIGNATURE_HEADER: signature.compute(auth_token, joined, {})}
-        return joined, None, headers
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+    wire = requests.Request(method, url).prepare().url or url
+    if method == "GET":
+        return wire, None, {signature.SIGNATURE_HEADER: signature.compute(auth_token, wire, {})}
     multi = {name: [value] for name, value in params.items()}
-    return url, params, {signature.SIGNATURE_HEADER: signature.compute(auth_token, url, multi)}
+    return wire, params, {signature.SIGNATURE_HEADER: signature.compute(auth_token, wire, multi)}
 
 
 def send(
@@ -106,7 +111,8 @@ def send(
                 break
         except requests.RequestException as exc:
             status, error = None, type(exc).__name__
-        time.sleep(min(0.05 * attempts, 0.5))
+        if attempts <= overrides.retries:
+            time.sleep(min(0.05 * attempts, 0.5))
     return Delivery(callback, status, error, attempts)
 
 
