@@ -96,9 +96,11 @@ def serve(host: str, port: int, data_dir: Path, gunicorn_config: Path) -> None:
 
 # Issue 3: try it without Twilio.
 from .emulator_cli import emulate, simulate  # noqa: E402
+from .tail import tail  # noqa: E402
 
 main.add_command(emulate)
 main.add_command(simulate)
+main.add_command(tail)
 
 if __name__ == "__main__":
     main()
