@@ -124,6 +124,7 @@ class Identity:
     call_sid: str
     transcription_sid: str
     started_at: datetime  # aware, UTC: Timestamp of the started event
+    speed: float = 1.0  # script seconds per wall-clock second: Timestamps are wall-clock times
 
 
 def _number(data: Mapping, key: str, where: str, default: float | None = None) -> float:
@@ -290,7 +291,7 @@ def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict
         "CallSid": identity.call_sid,
         "TranscriptionSid": identity.transcription_sid,
         "TranscriptionEvent": f"transcription-{event}",
-        "Timestamp": timestamp(identity.started_at + timedelta(seconds=at)),
+        "Timestamp": timestamp(identity.started_at + timedelta(seconds=at / identity.speed)),
         "SequenceId": str(sequence_id),
     }
 

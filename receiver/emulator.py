@@ -196,7 +196,7 @@ class Emulator:
                 )
             sid = "GT" + uuid.uuid4().hex
             now = datetime.now(UTC)
-            identity = Identity(account_sid, call_sid, sid, now)
+            identity = Identity(account_sid, call_sid, sid, now, self.speed)
             plan = timeline(self.script, settings, identity, self.faults)
             playback = Playback(
                 identity,

@@ -140,3 +140,18 @@ def test_stop_early_sends_what_happened_then_stopped():
     happened = [c for c in plan if c.event_at <= 7.0]
     assert rest[-1].sequence_id == len(happened) + 1
     assert rest[:-1] == plan[2 : len(happened)]
+
+
+def test_timestamps_are_wall_clock_at_any_speed():
+    fast = Identity(
+        IDENTITY.account_sid,
+        IDENTITY.call_sid,
+        IDENTITY.transcription_sid,
+        IDENTITY.started_at,
+        speed=10.0,
+    )
+    plan = events(load_script(), SETTINGS, fast)
+    first_final = next(c for c in plan if c.params.get("Final") == "true")
+    utterance = load_script().utterances[0]
+    seconds = (utterance.at + utterance.duration) / 10.0
+    assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}Z"
