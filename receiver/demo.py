@@ -124,10 +124,7 @@ def demo(speed: float, finals_only: bool) -> None:
                 inbound_track_label="customer",
                 outbound_track_label="agent",
             )
-            click.echo(
-                f"4/4 Call {call_sid}: transcription {created.sid} started through the "
-                "official twilio client\n"
-            )
+            click.echo(f"4/4 Call {call_sid}, transcription {created.sid} (via twilio client)\n")
             run_tail(
                 client,
                 url=server.url,
