@@ -19,6 +19,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Start, Stop, VoiceResponse
 
+from .emulator import DEFAULT_ACCOUNT_SID
 from .events import SID_PATTERNS
 from .webhooks import CALLBACK_PATH
 
@@ -90,6 +91,9 @@ def callback_url(given: str | None, labels: dict[str, str | None], emulated: boo
 
 
 def client_from(account_sid: str | None, auth_token: str | None, api_base_url: str | None):
+    if not account_sid and api_base_url:
+        # Aimed at the emulator: its own test account is the natural default.
+        account_sid = DEFAULT_ACCOUNT_SID
     if not account_sid or not SID_PATTERNS["AccountSid"].match(account_sid):
         raise click.UsageError(
             f"TWILIO_ACCOUNT_SID ({account_sid!r}) must be AC followed by 32 hex digits"

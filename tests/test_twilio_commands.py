@@ -139,8 +139,10 @@ def test_usage_errors(emulator: EmulatorServer):
     assert "is not a CallSid" in run(emulator, "start", "CA1").output
     no_url = run(emulator, "start", sid("CA"), TWILIO_API_BASE_URL="")
     assert no_url.exit_code == 2 and "PUBLIC_BASE_URL" in no_url.output
-    no_account = run(emulator, "start", sid("CA"), TWILIO_ACCOUNT_SID="")
+    no_account = run(emulator, "start", sid("CA"), TWILIO_ACCOUNT_SID="", TWILIO_API_BASE_URL="")
     assert no_account.exit_code == 2 and "TWILIO_ACCOUNT_SID" in no_account.output
+    emulator_account = run(emulator, "start", sid("CA"), TWILIO_ACCOUNT_SID="")
+    assert emulator_account.exit_code == 0, emulator_account.output
     nowhere = run(
         emulator, "start", sid("CA"), TWILIO_API_BASE_URL=f"http://127.0.0.1:{free_port()}"
     )
