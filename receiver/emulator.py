@@ -45,6 +45,8 @@ TEXT_PARAMS = {
     "Hints": "hints",
     "IntelligenceService": "intelligence_service",
 }
+# A long-running emulator forgets the oldest stopped transcriptions beyond this many.
+KEEP_STOPPED = 10_000
 # Test credentials the emulator accepts when none are given (never real ones).
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 DEFAULT_AUTH_TOKEN = "emulator-auth-token"
@@ -211,9 +213,15 @@ class Emulator:
                 sid, account_sid, call_sid, settings, "in-progress", now, playback
             )
             self.transcriptions[sid] = transcription
+            self._forget_old()
         log.info("transcription %s started on call %s", sid, call_sid)
         playback.start()
         return transcription
+
+    def _forget_old(self) -> None:
+        stopped = [k for k, t in self.transcriptions.items() if t.status == "stopped"]
+        for sid in stopped[: max(0, len(stopped) - KEEP_STOPPED)]:
+            del self.transcriptions[sid]
 
     def _find(
         self, account_sid: str, call_sid: str, sid_or_name: str, active: bool = False

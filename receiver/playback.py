@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urldefrag, urlencode
 
@@ -126,7 +127,7 @@ class Playback:
     method: str
     auth_token: str
     speed: float = 1.0
-    on_finish: object = None  # callable(Playback) run when the last callback is sent
+    on_finish: Callable[[Playback], None] | None = None  # run after the last callback
     deliveries: list[Delivery] = field(default_factory=list)
     finished: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -182,7 +183,7 @@ class Playback:
         finally:
             session.close()
             self.finished.set()
-            if callable(self.on_finish):
+            if self.on_finish:
                 self.on_finish(self)
 
 

@@ -120,3 +120,28 @@ def test_faulty_delivery_still_lands_exactly_once(start_receiver, redis_client):
     assert len(deliveries) > len(entries)
     finals = [json.loads(m) for m in redis_client.zrange(f"rtt:call:{{{call_sid}}}:finals", 0, -1)]
     assert [f["transcript"] for f in finals] == [u.text for u in load_script().utterances]
+
+
+def test_labels_in_track_and_an_error_mid_call(start_receiver, redis_client):
+    receiver = start_receiver(TWILIO_AUTH_TOKEN=TOKEN)
+    faults = Faults(error_at=10.0, error_code="95100", track_as_label=True)
+    emulator = Emulator(ACCOUNT, TOKEN, faults=faults, speed=40)
+    with EmulatorServer(emulator) as server:
+        client = Client(ACCOUNT, TOKEN)
+        client.api.base_url = server.url
+        call_sid = sid("CA")
+        client.calls(call_sid).transcriptions.create(
+            status_callback_url=f"{receiver.url}/transcriptions/callback",
+            inbound_track_label="customer",
+            outbound_track_label="agent",
+        )
+        assert emulator.wait(15)
+    entries = [fields for _, fields in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    assert [e["event"] for e in entries][-2:] == ["error", "stopped"]
+    assert entries[-2]["error_code"] == "95100"
+    content = [e for e in entries if e["event"] == "content"]
+    spoken = [u for u in load_script().utterances if u.at + u.duration < 10.0]
+    assert [(e["track"], e["track_label"], e["transcript"]) for e in content] == [
+        (u.track, {"inbound": "customer", "outbound": "agent"}[u.track], u.text) for u in spoken
+    ]
+    assert redis_client.zscore("rtt:calls:active", call_sid) is None
