@@ -54,20 +54,23 @@ def start_receiver(redis_url: str, token: str, workdir: Path) -> tuple[subproces
         str(GUNICORN_CONFIG),
         "receiver:create_app()",
     ]
-    log = (workdir / "gunicorn.log").open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (workdir / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).ok:
-                return process, url
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.kill()
-    process.wait()
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            try:
+                if requests.get(f"{url}/readyz", timeout=1).ok:
+                    return process, url
+            except requests.ConnectionError:
+                time.sleep(0.1)
+    except BaseException:
+        stop_process(process)  # Ctrl-C while waiting: leave no gunicorn behind
+        raise
+    stop_process(process)
     tail = (workdir / "gunicorn.log").read_text(errors="replace")[-800:]
     raise click.ClickException(f"the receiver did not start: {tail}")
 

@@ -294,6 +294,8 @@ def tail(redis_url, prefix, call_sid, finals_only, from_start, as_json, until_st
         )
     except KeyboardInterrupt:
         pass
+    except redis.ResponseError as error:
+        raise click.ClickException(f"{key}: {error}") from None
     except BrokenPipeError:
         # The reader went away (`| head`): leave quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

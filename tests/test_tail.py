@@ -252,3 +252,10 @@ def test_live_partials_are_rewritten_until_final(client, redis_server, call_sid)
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_a_key_that_is_not_a_stream_is_a_clear_error(redis_client, redis_server):
+    redis_client.set("rtt:events", "not a stream")
+    result = CliRunner().invoke(main, ["tail", "--redis-url", redis_server.url, "--from-start"])
+    assert result.exit_code == 1
+    assert "Error: rtt:events: WRONGTYPE" in result.output
