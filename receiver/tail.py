@@ -214,8 +214,12 @@ def run(
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     where = "the start" if from_start else "now"
     following = f"Following {key} from {where} on {redact_url(url)} (Ctrl-C to stop)"
+
+    def announce() -> None:
+        # On a terminal it belongs above the transcript; otherwise stdout is for data only.
+        (out if out.is_terminal and not as_json else errors).print(following, style="dim")
+
     if as_json:
-        announce = lambda: errors.print(following, style="dim")  # noqa: E731
         for entry_id, fields in follow(
             client, key, from_start=from_start, url=url, status=errors.print, ready=announce
         ):
@@ -226,7 +230,6 @@ def run(
                 return
         return
     renderer = Renderer(out, finals_only)
-    announce = lambda: (out if out.is_terminal else errors).print(following, style="dim")  # noqa: E731
     status = renderer.status if out.is_terminal else errors.print
     live = Live(console=out, auto_refresh=False, transient=True) if out.is_terminal else None
     if live:
