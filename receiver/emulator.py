@@ -337,6 +337,13 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class _AccessLogHandler(WSGIRequestHandler):
+    """One plain line per request through ``logging`` (werkzeug's own adds colour codes)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.info('%s "%s" %s', self.address_string(), self.requestline, code)
+
+
 @dataclass
 class EmulatorServer:
     """The emulator's HTTP server on a thread, for tests, ``simulate`` and ``demo``."""
@@ -358,7 +365,7 @@ class EmulatorServer:
             self.port,
             create_emulator_app(self.emulator),
             threaded=True,
-            request_handler=WSGIRequestHandler if self.access_log else _QuietHandler,
+            request_handler=_AccessLogHandler if self.access_log else _QuietHandler,
         )
         self.port = self._server.server_port
         self._thread = threading.Thread(
