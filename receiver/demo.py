@@ -46,14 +46,13 @@ def start_receiver(redis_url: str, token: str, workdir: Path) -> tuple[subproces
     }
     for name in ("BIND", "PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX"):
         env.pop(name, None)
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(GUNICORN_CONFIG),
-        "receiver:create_app()",
-    ]
+    # deploy/ is beside the package in a checkout, not in an installed wheel.
+    config = (
+        ["-c", str(GUNICORN_CONFIG)]
+        if GUNICORN_CONFIG.exists()
+        else ["-b", f"127.0.0.1:{port}", "-k", "gthread", "--threads", "4", "-w", "1"]
+    )
+    command = [sys.executable, "-m", "gunicorn", *config, "receiver:create_app()"]
     with (workdir / "gunicorn.log").open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
