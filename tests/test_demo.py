@@ -39,3 +39,15 @@ def test_demo_plays_one_call_and_cleans_up():
     redis_port = int(re.search(r"Embedded Redis\s+redis://127\.0\.0\.1:(\d+)", out).group(1))
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "Redis still runs after the demo"
+
+
+def test_demo_receiver_starts_without_the_deploy_directory(redis_server, tmp_path, monkeypatch):
+    from receiver import demo
+
+    monkeypatch.setattr(demo, "GUNICORN_CONFIG", tmp_path / "missing.conf.py")
+    process, url = demo.start_receiver(redis_server.url, "token", tmp_path)
+    try:
+        assert requests.get(url + "/readyz", timeout=5).json()["status"] == "ready"
+    finally:
+        demo.stop_process(process)
+    assert process.returncode is not None
