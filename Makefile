@@ -30,3 +30,7 @@ audit: $(BIN)/receiver
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+.PHONY: demo
+demo: $(BIN)/receiver   # the whole loop without Twilio, in about 12 seconds (docs/emulator.md)
+	$(BIN)/receiver demo

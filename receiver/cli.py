@@ -94,5 +94,17 @@ def serve(host: str, port: int, data_dir: Path, gunicorn_config: Path) -> None:
     sys.exit(code)
 
 
+# Issue 3: try it without Twilio.
+from .demo import demo  # noqa: E402
+from .emulator_cli import emulate, simulate  # noqa: E402
+from .tail import tail  # noqa: E402
+from .twilio_commands import transcriptions  # noqa: E402
+
+main.add_command(emulate)
+main.add_command(simulate)
+main.add_command(tail)
+main.add_command(transcriptions)
+main.add_command(demo)
+
 if __name__ == "__main__":
     main()

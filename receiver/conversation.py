@@ -1,0 +1,365 @@
+"""Conversation scripts, and the callbacks Twilio would send while one is transcribed.
+
+Everything here is pure: a script and a transcription's settings go in, a timeline of signed-
+ready callback parameters comes out. The emulator plays timelines over HTTP; tests and other
+tools can reuse them without a server. Parameter names and value formats are Twilio's (see
+``shared/twilio-rtt-protocol.md``); what Twilio does not document is marked where it is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+
+import yaml
+
+TRACKS = ("inbound", "outbound")
+TRACK_PARAM = {"inbound": "inbound_track", "outbound": "outbound_track"}
+TRACK_SETTINGS = ("inbound_track", "outbound_track", "both_tracks")
+BUILTIN_SCRIPT = "support-call"
+# Stability Google reports on partial results grows as more audio confirms the words.
+MIN_STABILITY, MAX_STABILITY = 0.4, 0.9
+# The emulator's choice: Twilio documents no code for a failure mid-transcription.
+DEFAULT_ERROR_CODE = "95100"
+DEFAULT_ERROR_MESSAGE = "Twilio failed to transcribe audio due to an internal issue."
+
+
+class ScriptError(ValueError):
+    """A conversation script that cannot be played; the message names the field and value."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    track: str
+    text: str
+    at: float
+    duration: float
+    confidence: float = 0.9
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    utterances: tuple[Utterance, ...]
+    language_code: str = "en-US"
+    ends_at: float = 0.0
+
+    @property
+    def length(self) -> float:
+        """Seconds from the start to ``transcription-stopped``."""
+        last = max((u.at + u.duration for u in self.utterances), default=0.0)
+        return max(self.ends_at, last + 0.5)
+
+
+@dataclass(frozen=True)
+class TranscriptionSettings:
+    """The REST resource's parameters (Twilio's defaults), as a transcription started with."""
+
+    status_callback_url: str
+    name: str | None = None
+    track: str = "both_tracks"
+    status_callback_method: str = "POST"
+    inbound_track_label: str | None = None
+    outbound_track_label: str | None = None
+    partial_results: bool = False
+    language_code: str = "en-US"
+    transcription_engine: str = "google"
+    speech_model: str = "telephony"
+    profanity_filter: bool = True
+    hints: str | None = None
+    enable_automatic_punctuation: bool = True
+    intelligence_service: str | None = None
+    enable_provider_data: bool = False
+
+    def tracks(self) -> tuple[str, ...]:
+        if self.track == "both_tracks":
+            return TRACKS
+        return (self.track.removesuffix("_track"),)
+
+    def label(self, track: str) -> str | None:
+        return self.inbound_track_label if track == "inbound" else self.outbound_track_label
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Real-world delivery behaviour to inject: Twilio delivers at least once, unordered."""
+
+    duplicates: float = 0.0  # probability that a callback is delivered twice
+    reorder: float = 0.0  # probability that a callback swaps places with the next one
+    delay: float = 0.0  # probability that a callback is delivered late
+    max_delay: float = 2.0  # seconds of script time a late callback may lag
+    error_at: float | None = None  # seconds in: a transcription-error, then stopped
+    error_code: str = DEFAULT_ERROR_CODE
+    error_message: str = DEFAULT_ERROR_MESSAGE
+    track_as_label: bool = False  # send the label in Track, as some accounts receive [observed]
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One delivery: its parameters, when it happened and when it is sent (script seconds)."""
+
+    event_at: float
+    send_at: float
+    params: Mapping[str, str]
+    note: str = ""  # "duplicate", "delayed", "reordered": what a fault did to it
+
+    @property
+    def event(self) -> str:
+        return self.params["TranscriptionEvent"]
+
+    @property
+    def sequence_id(self) -> int:
+        return int(self.params["SequenceId"])
+
+
+@dataclass(frozen=True)
+class Identity:
+    account_sid: str
+    call_sid: str
+    transcription_sid: str
+    started_at: datetime  # aware, UTC: Timestamp of the started event
+    speed: float = 1.0  # script seconds per wall-clock second: Timestamps are wall-clock times
+
+
+def _number(data: Mapping, key: str, where: str, default: float | None = None) -> float:
+    raw = data.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ScriptError(f"{where}.{key} ({raw!r}): must be a number")
+    if raw < 0:
+        raise ScriptError(f"{where}.{key} ({raw!r}): must not be negative")
+    return float(raw)
+
+
+def parse_script(data: object, source: str = "script") -> Script:
+    """Validate a script already read from YAML or JSON."""
+    if not isinstance(data, Mapping):
+        raise ScriptError(f"{source}: must be a mapping with 'utterances'")
+    items = data.get("utterances")
+    if not isinstance(items, list) or not items:
+        raise ScriptError(f"{source}.utterances ({items!r}): must be a non-empty list")
+    utterances = []
+    for n, item in enumerate(items):
+        where = f"{source}.utterances[{n}]"
+        if not isinstance(item, Mapping):
+            raise ScriptError(f"{where} ({item!r}): must be a mapping")
+        track = item.get("track")
+        if track not in TRACKS:
+            raise ScriptError(f"{where}.track ({track!r}): must be 'inbound' or 'outbound'")
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ScriptError(f"{where}.text ({text!r}): must be a non-empty string")
+        confidence = _number(item, "confidence", where, 0.9)
+        if confidence > 1:
+            raise ScriptError(f"{where}.confidence ({confidence!r}): must be between 0 and 1")
+        duration = _number(item, "duration", where, max(0.6, 0.3 * len(text.split())))
+        utterances.append(
+            Utterance(track, text.strip(), _number(item, "at", where), duration, confidence)
+        )
+    language = data.get("language_code", "en-US")
+    if not isinstance(language, str) or not language:
+        raise ScriptError(f"{source}.language_code ({language!r}): must be a BCP-47 code")
+    return Script(
+        name=str(data.get("name") or source),
+        utterances=tuple(sorted(utterances, key=lambda u: u.at)),
+        language_code=language,
+        ends_at=_number(data, "ends_at", source, 0.0),
+    )
+
+
+def load_script(path: str | Path | None = None) -> Script:
+    """A script from a ``.yaml``/``.yml``/``.json`` file, or the built-in one when ``None``."""
+    if path is None:
+        resource = files(__package__).joinpath("scripts", f"{BUILTIN_SCRIPT}.yaml")
+        return parse_script(yaml.safe_load(resource.read_text(encoding="utf-8")), BUILTIN_SCRIPT)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ScriptError(f"script {str(path)!r}: {error.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ScriptError(f"script {str(path)!r}: not valid YAML/JSON: {error}") from None
+    return parse_script(data, path.name)
+
+
+def timestamp(at: datetime) -> str:
+    """Twilio's ``Timestamp``: ISO 8601, UTC, microseconds, ``Z``."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _provider_configuration(settings: TranscriptionSettings) -> str:
+    config: dict[str, object] = {
+        "profanityFilter": _bool(settings.profanity_filter),
+        "speechModel": settings.speech_model,
+        "enableAutomaticPunctuation": _bool(settings.enable_automatic_punctuation),
+    }
+    if settings.hints:
+        config["hints"] = settings.hints
+    return json.dumps(config)
+
+
+def _started(settings: TranscriptionSettings) -> dict[str, str]:
+    params = {
+        "Track": settings.track,
+        "LanguageCode": settings.language_code,
+        "TranscriptionEngine": settings.transcription_engine,
+        "PartialResults": _bool(settings.partial_results),
+        "ProviderConfiguration": _provider_configuration(settings),
+    }
+    optional = {
+        "Name": settings.name,
+        "InboundTrackLabel": settings.inbound_track_label,
+        "OutboundTrackLabel": settings.outbound_track_label,
+    }
+    params.update({k: v for k, v in optional.items() if v})
+    return params
+
+
+def _content(
+    settings: TranscriptionSettings,
+    faults: Faults,
+    track: str,
+    text: str,
+    final: bool,
+    confidence: float,
+    stability: float,
+) -> dict[str, str]:
+    data: dict[str, object] = {"transcript": text}
+    if final:
+        data["confidence"] = confidence
+    label = settings.label(track)
+    params = {
+        "Track": label if faults.track_as_label and label else TRACK_PARAM[track],
+        "TranscriptionData": json.dumps(data, ensure_ascii=False),
+        "Final": _bool(final),
+        "LanguageCode": settings.language_code,
+    }
+    if not final:
+        params["Stability"] = f"{stability:.2f}"
+    if settings.enable_provider_data:
+        # The emulator's choice of shape: Twilio documents the flag, not the payload.
+        params["ProviderData"] = json.dumps(
+            {
+                "isFinal": final,
+                "stability": 0.0 if final else stability,
+                "alternatives": [{"transcript": text, "confidence": confidence if final else 0}],
+            }
+        )
+    return params
+
+
+def _utterance_events(
+    utterance: Utterance, settings: TranscriptionSettings, faults: Faults
+) -> list[tuple[float, dict[str, str]]]:
+    """Partial results as the words come (growing text, growing stability), then the final."""
+    events = []
+    words = utterance.text.split()
+    if settings.partial_results and len(words) > 1:
+        # At most about one partial per 0.3 s of speech, as engines batch interim results.
+        count = min(len(words) - 1, max(1, int(utterance.duration / 0.3)))
+        for n in range(1, count + 1):
+            fraction = n / (count + 1)
+            shown = " ".join(words[: max(1, round(len(words) * fraction))])
+            stability = MIN_STABILITY + (MAX_STABILITY - MIN_STABILITY) * fraction
+            events.append(
+                (
+                    utterance.at + utterance.duration * fraction,
+                    _content(settings, faults, utterance.track, shown, False, 0.0, stability),
+                )
+            )
+    final = _content(
+        settings, faults, utterance.track, utterance.text, True, utterance.confidence, 0.0
+    )
+    events.append((utterance.at + utterance.duration, final))
+    return events
+
+
+def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict[str, str]:
+    return {
+        "AccountSid": identity.account_sid,
+        "CallSid": identity.call_sid,
+        "TranscriptionSid": identity.transcription_sid,
+        "TranscriptionEvent": f"transcription-{event}",
+        "Timestamp": timestamp(identity.started_at + timedelta(seconds=at / identity.speed)),
+        "SequenceId": str(sequence_id),
+    }
+
+
+def events(
+    script: Script, settings: TranscriptionSettings, identity: Identity, faults: Faults = Faults()
+) -> list[Callback]:
+    """Every callback of the transcription in the order things happen, before delivery faults:
+    started, content for the chosen tracks, an error when asked, and stopped at the end."""
+    tracks = settings.tracks()
+    happened: list[tuple[float, str, dict[str, str]]] = [(0.0, "started", _started(settings))]
+    for utterance in script.utterances:
+        if utterance.track in tracks:
+            for at, params in _utterance_events(utterance, settings, faults):
+                happened.append((at, "content", params))
+    end = script.length
+    if faults.error_at is not None:
+        end = min(end, faults.error_at)
+        happened = [h for h in happened if h[0] < end]
+        error = {
+            "TranscriptionErrorCode": faults.error_code,
+            "TranscriptionError": faults.error_message,
+        }
+        happened.append((end, "error", error))
+    happened.sort(key=lambda h: h[0])
+    happened.append((happened[-1][0] if faults.error_at is not None else end, "stopped", {}))
+    return [
+        Callback(at, at, {**_common(identity, event, n, at), **params})
+        for n, (at, event, params) in enumerate(happened, start=1)
+    ]
+
+
+def deliver(callbacks: list[Callback], faults: Faults) -> list[Callback]:
+    """The order and times Twilio might deliver ``callbacks`` in, with the faults applied."""
+    rng = random.Random(faults.seed)
+    sent: list[Callback] = []
+    for callback in callbacks:
+        if faults.delay and rng.random() < faults.delay:
+            lag = rng.uniform(0.2, max(0.2, faults.max_delay))
+            callback = replace(callback, send_at=callback.send_at + lag, note="delayed")
+        sent.append(callback)
+        if faults.duplicates and rng.random() < faults.duplicates:
+            again = callback.send_at + rng.uniform(0.05, 0.5)
+            sent.append(replace(callback, send_at=again, note="duplicate"))
+    sent.sort(key=lambda c: c.send_at)
+    if faults.reorder:
+        for n in range(len(sent) - 1):
+            if rng.random() < faults.reorder:
+                first, second = sent[n], sent[n + 1]
+                sent[n] = replace(second, send_at=first.send_at, note=second.note or "reordered")
+                sent[n + 1] = replace(first, send_at=second.send_at, note=first.note or "reordered")
+    return sent
+
+
+def timeline(
+    script: Script, settings: TranscriptionSettings, identity: Identity, faults: Faults = Faults()
+) -> list[Callback]:
+    """What the emulator sends for one transcription, in sending order."""
+    return deliver(events(script, settings, identity, faults), faults)
+
+
+def stop_early(identity: Identity, plan: list[Callback], sent: int, at: float) -> list[Callback]:
+    """What is left to send of ``plan`` (of which ``sent`` went out) when the transcription is
+    stopped ``at`` seconds in: what already happened is still delivered, nothing later is, and
+    ``transcription-stopped`` follows with the next ``SequenceId``."""
+    rest = [c for c in plan[sent:] if c.event_at <= at]
+    happened = [c for c in plan if c.event_at <= at]
+    if any(c.event == "transcription-stopped" for c in happened):
+        return rest
+    last = max((c.sequence_id for c in happened), default=0)
+    return [*rest, Callback(at, at, _common(identity, "stopped", last + 1, at))]

@@ -1,0 +1,161 @@
+"""`receiver demo`: the whole loop on one machine, for a newcomer, in a few seconds.
+
+Embedded Redis, the receiver under gunicorn, the emulator, one two-party call started through
+the official ``twilio`` client, and the live tail of that call; then everything is shut down
+and the temporary data removed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import click
+import redis
+import requests
+from twilio.rest import Client
+
+from .conversation import Faults
+from .embedded import EmbeddedRedis, EmbeddedRedisError, free_port
+from .emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
+from .streams import Keys
+from .tail import run as run_tail
+from .webhooks import CALLBACK_PATH
+
+GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
+
+
+def start_receiver(redis_url: str, token: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """The real receiver under gunicorn on a free loopback port; its log goes to a file."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "REDIS_URL": redis_url,
+        "TWILIO_AUTH_TOKEN": token,
+        "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
+        "WEB_CONCURRENCY": "1",
+        "LOG_LEVEL": "warning",
+    }
+    for name in ("BIND", "PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX"):
+        env.pop(name, None)
+    # deploy/ is beside the package in a checkout, not in an installed wheel.
+    config = (
+        ["-c", str(GUNICORN_CONFIG)]
+        if GUNICORN_CONFIG.exists()
+        else ["-b", f"127.0.0.1:{port}", "-k", "gthread", "--threads", "4", "-w", "1"]
+    )
+    command = [sys.executable, "-m", "gunicorn", *config, "receiver:create_app()"]
+    with (workdir / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            try:
+                if requests.get(f"{url}/readyz", timeout=1).ok:
+                    return process, url
+            except requests.ConnectionError:
+                time.sleep(0.1)
+    except BaseException:
+        stop_process(process)  # Ctrl-C while waiting: leave no gunicorn behind
+        raise
+    stop_process(process)
+    tail = (workdir / "gunicorn.log").read_text(errors="replace")[-800:]
+    raise click.ClickException(f"the receiver did not start: {tail}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@click.command()
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.1),
+    default=2.5,
+    show_default=True,
+    help="How much faster than real time the 25-second call plays.",
+)
+@click.option("--finals-only", is_flag=True, help="Hide partial results in the tail.")
+def demo(speed: float, finals_only: bool) -> None:
+    """See it all in a few seconds: Redis, receiver, emulator, one call, the live tail."""
+    began = time.monotonic()
+    token = secrets.token_hex(16)
+    call_sid = f"CA{uuid.uuid4().hex}"
+    keys = Keys()
+    with tempfile.TemporaryDirectory(prefix="rtt-demo-") as tmp:
+        workdir = Path(tmp)
+        try:
+            server = EmbeddedRedis(workdir / "redis").start()
+        except EmbeddedRedisError as error:
+            raise click.ClickException(str(error)) from None
+        receiver: subprocess.Popen | None = None
+        emulator = EmulatorServer(
+            Emulator(DEFAULT_ACCOUNT_SID, token, faults=Faults(), speed=speed)
+        )
+        client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
+        try:
+            click.echo(f"1/4 Embedded Redis     {server.url}")
+            receiver, receiver_url = start_receiver(server.url, token, workdir)
+            click.echo(f"2/4 Receiver           {receiver_url}{CALLBACK_PATH} (gunicorn)")
+            emulator.start()
+            click.echo(f"3/4 Twilio emulator    {emulator.url}")
+            twilio = Client(DEFAULT_ACCOUNT_SID, token)
+            twilio.api.base_url = emulator.url
+            created = twilio.calls(call_sid).transcriptions.create(
+                name="demo",
+                track="both_tracks",
+                status_callback_url=f"{receiver_url}{CALLBACK_PATH}",
+                partial_results=True,
+                inbound_track_label="customer",
+                outbound_track_label="agent",
+            )
+            click.echo(f"4/4 Call {call_sid}, transcription {created.sid} (via twilio client)\n")
+            run_tail(
+                client,
+                url=server.url,
+                key=keys.call(call_sid),
+                from_start=True,
+                finals_only=finals_only,
+                as_json=False,
+                until_stopped=True,
+            )
+            emulator.emulator.wait(10)
+            deliveries = emulator.emulator.transcriptions[created.sid].playback.deliveries
+            stored = client.xlen(keys.call(call_sid))
+            answered = sorted({d.outcome for d in deliveries})
+            click.echo(
+                f"\nDone in {time.monotonic() - began:.1f}s: {len(deliveries)} callbacks "
+                f"(answers: {', '.join(answered)}), {stored} events in {keys.call(call_sid)}, "
+                f"{client.zcard(keys.finals(call_sid))} final utterances in "
+                f"{keys.finals(call_sid)}."
+            )
+            ok = answered == ["200"] and stored == len(deliveries)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.")
+            ok = True
+        finally:
+            emulator.stop()
+            if receiver:
+                stop_process(receiver)
+            client.close()
+            server.stop()
+            click.echo("Stopped the emulator, the receiver and Redis; demo data removed.")
+    if not ok:
+        raise SystemExit(1)

@@ -1,0 +1,307 @@
+"""`receiver tail`: follow the streams live and show a readable transcript.
+
+It reads with plain ``XREAD`` (no consumer group), so it never acknowledges, claims or delays
+anything for the real consumers. On a terminal, partial results are drawn in a live area at the
+bottom and rewritten in place until their final arrives, which is then printed for good above
+it; elsewhere (a pipe, a file) only lines that will not change are printed, without colours.
+``--json`` prints one normalized event (the stream entry) per line, for ``jq``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import click
+import redis
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from .config import redact_url
+from .events import SID_PATTERNS
+from .streams import Keys
+
+BLOCK_MS = 1000
+TRACK_STYLES = {"inbound": "cyan", "outbound": "magenta"}
+LABEL_WIDTH = 10
+
+Entry = tuple[str, dict[str, str]]
+
+
+def stream_key(keys: Keys, call_sid: str | None) -> str:
+    return keys.call(call_sid) if call_sid else keys.events
+
+
+def latest_id(client: redis.Redis, key: str) -> str:
+    """The id of the stream's last entry, so "from now" survives a reconnection."""
+    newest = client.xrevrange(key, count=1)
+    return newest[0][0] if newest else "0-0"
+
+
+def follow(
+    client: redis.Redis,
+    key: str,
+    *,
+    from_start: bool,
+    status: Callable[[str], None],
+    url: str,
+    ready: Callable[[], None] = lambda: None,
+    block_ms: int = BLOCK_MS,
+    retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
+) -> Iterator[Entry]:
+    """Every entry of ``key`` after the starting point, forever, across Redis restarts."""
+    last: str | None = "0-0" if from_start else None
+    failures = 0
+    announced = False
+    while True:
+        try:
+            if last is None:
+                last = latest_id(client, key)
+            if not announced:
+                # Only now is the starting point fixed: what is written from here on is shown.
+                ready()
+                announced = True
+            if failures:
+                client.ping()
+                status(f"Reconnected to Redis at {redact_url(url)}; resuming after entry {last}.")
+                failures = 0
+            answer = client.xread({key: last}, count=200, block=block_ms)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if not failures:
+                status(
+                    f"Redis at {redact_url(url)} is unavailable ({type(error).__name__}); "
+                    "reconnecting..."
+                )
+            time.sleep(retry_delays[min(failures, len(retry_delays) - 1)])
+            failures += 1
+            continue
+        for _stream, entries in answer or ():
+            for entry_id, fields in entries:
+                last = entry_id
+                yield entry_id, fields
+
+
+@dataclass
+class Stopper:
+    """Knows when every transcription seen has stopped (for ``--until-stopped``)."""
+
+    active: set[str] = field(default_factory=set)
+    seen_stop: bool = False
+
+    def done_after(self, fields: dict[str, str]) -> bool:
+        sid = fields.get("transcription_sid", "")
+        if fields.get("event") == "stopped":
+            self.active.discard(sid)
+            self.seen_stop = True
+        else:
+            self.active.add(sid)
+        return self.seen_stop and not self.active
+
+
+def short_call(call_sid: str) -> str:
+    return f"CA…{call_sid[-6:]}"
+
+
+def clock(fields: dict[str, str]) -> str:
+    """HH:MM:SS of Twilio's Timestamp (UTC), or of received_at when it has none."""
+    stamp = fields.get("timestamp") or fields.get("received_at") or ""
+    return stamp[11:19] if len(stamp) >= 19 else "--:--:--"
+
+
+def utterance_line(fields: dict[str, str], partial: bool) -> Text:
+    track = fields.get("track", "")
+    label = fields.get("track_label") or track or "?"
+    line = Text()
+    line.append(f"{clock(fields)}  ", style="dim")
+    line.append(f"{short_call(fields.get('call_sid', ''))}  ", style="dim")
+    line.append(f"{label[:LABEL_WIDTH]:<{LABEL_WIDTH}}  ", style=TRACK_STYLES.get(track, "yellow"))
+    if partial:
+        line.append(f"{fields.get('transcript', '')}…", style="italic dim")
+    else:
+        line.append(fields.get("transcript", ""))
+    return line
+
+
+def event_line(fields: dict[str, str]) -> Text:
+    """Start, stop, error and any other event, as one visible line."""
+    event = fields.get("event", "?")
+    line = Text()
+    line.append(f"{clock(fields)}  ", style="dim")
+    line.append(f"{short_call(fields.get('call_sid', ''))}  ", style="dim")
+    sid = fields.get("transcription_sid", "")
+    if event == "started":
+        details = [
+            fields.get("name"),
+            fields.get("track_setting"),
+            fields.get("language_code"),
+            "partials" if fields.get("partial_results") == "true" else None,
+        ]
+        labels = [fields.get("inbound_track_label"), fields.get("outbound_track_label")]
+        if any(labels):
+            details.append(" / ".join(label or "-" for label in labels))
+        shown = ", ".join(d for d in details if d)
+        line.append(f"── transcription started {sid}", style="bold green")
+        if shown:
+            line.append(f" ({shown})", style="green")
+    elif event == "stopped":
+        line.append(f"── transcription stopped {sid}", style="bold green")
+    elif event == "error":
+        code = fields.get("error_code") or "?"
+        message = fields.get("error_message") or ""
+        line.append(f"!! transcription error {code}: {message} ({sid})", style="bold red")
+    else:
+        line.append(f"·· {event} ({sid})", style="yellow")
+    return line
+
+
+@dataclass
+class Renderer:
+    """Turns entries into terminal output; ``live`` is set when partials can be rewritten."""
+
+    console: Console
+    finals_only: bool
+    live: Live | None = None
+    partials: dict[tuple[str, str], Text] = field(default_factory=dict)
+
+    def show(self, fields: dict[str, str]) -> None:
+        key = (fields.get("transcription_sid", ""), fields.get("track", ""))
+        if fields.get("event") == "content":
+            if fields.get("final") == "false":
+                if self.live and not self.finals_only:
+                    self.partials[key] = utterance_line(fields, partial=True)
+                    self._refresh()
+                return
+            self.partials.pop(key, None)
+            self._print(utterance_line(fields, partial=False))
+            return
+        if fields.get("event") in ("stopped", "error"):
+            for pending in [k for k in self.partials if k[0] == key[0]]:
+                del self.partials[pending]
+        self._print(event_line(fields))
+
+    def status(self, message: str) -> None:
+        self._print(Text(message, style="bold yellow"))
+
+    def _print(self, line: Text) -> None:
+        # Redraw the live area first, so the print never brings back a partial just finalized.
+        self._refresh()
+        self.console.print(line, soft_wrap=not self.live, highlight=False)
+
+    def _refresh(self) -> None:
+        if self.live:
+            self.live.update(Group(*self.partials.values()), refresh=True)
+
+
+def run(
+    client: redis.Redis,
+    *,
+    url: str,
+    key: str,
+    from_start: bool,
+    finals_only: bool,
+    as_json: bool,
+    until_stopped: bool,
+    console: Console | None = None,
+) -> None:
+    """Follow ``key`` until interrupted (or until its transcriptions stop)."""
+    stopper = Stopper()
+    out = console or Console(highlight=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    where = "the start" if from_start else "now"
+    following = f"Following {key} from {where} on {redact_url(url)} (Ctrl-C to stop)"
+
+    def announce() -> None:
+        # On a terminal it belongs above the transcript; otherwise stdout is for data only.
+        (out if out.is_terminal and not as_json else errors).print(following, style="dim")
+
+    if as_json:
+        for entry_id, fields in follow(
+            client, key, from_start=from_start, url=url, status=errors.print, ready=announce
+        ):
+            if not (finals_only and fields.get("final") == "false"):
+                sys.stdout.write(json.dumps({"entry_id": entry_id, **fields}) + "\n")
+                sys.stdout.flush()
+            if until_stopped and stopper.done_after(fields):
+                return
+        return
+    renderer = Renderer(out, finals_only)
+    status = renderer.status if out.is_terminal else errors.print
+    live = Live(console=out, auto_refresh=False, transient=True) if out.is_terminal else None
+    if live:
+        live.start()
+        renderer.live = live
+    try:
+        entries = follow(client, key, from_start=from_start, url=url, status=status, ready=announce)
+        for _entry_id, fields in entries:
+            renderer.show(fields)
+            if until_stopped and stopper.done_after(fields):
+                return
+    finally:
+        if live:
+            renderer.partials.clear()
+            live.stop()
+
+
+@click.command()
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    default="redis://127.0.0.1:6379/0",
+    show_default="$REDIS_URL or redis://127.0.0.1:6379/0",
+)
+@click.option(
+    "--prefix", envvar="STREAM_PREFIX", default="rtt", show_default="$STREAM_PREFIX or rtt"
+)
+@click.option("--call", "call_sid", help="Follow one call (CA…) instead of all calls.")
+@click.option("--finals-only", is_flag=True, help="Hide partial results.")
+@click.option(
+    "--from-start", is_flag=True, help="Replay the stream from its first entry, then follow."
+)
+@click.option("--json", "as_json", is_flag=True, help="One normalized event per line (NDJSON).")
+@click.option(
+    "--until-stopped", is_flag=True, help="Exit once every transcription seen has stopped."
+)
+def tail(redis_url, prefix, call_sid, finals_only, from_start, as_json, until_stopped) -> None:
+    """Follow the transcription streams live, as a readable transcript or as NDJSON.
+
+    Reads with XREAD, without a consumer group: other consumers are not disturbed.
+    """
+    if call_sid is not None and not SID_PATTERNS["CallSid"].match(call_sid):
+        raise click.BadParameter(
+            f"{call_sid!r} is not a CallSid (CA + 32 hex)", param_hint="--call"
+        )
+    try:
+        client = redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=BLOCK_MS / 1000 + 5,
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--redis-url") from None
+    key = stream_key(Keys(prefix), call_sid)
+    try:
+        run(
+            client,
+            url=redis_url,
+            key=key,
+            from_start=from_start,
+            finals_only=finals_only,
+            as_json=as_json,
+            until_stopped=until_stopped,
+        )
+    except KeyboardInterrupt:
+        pass
+    except redis.ResponseError as error:
+        raise click.ClickException(f"{key}: {error}") from None
+    except BrokenPipeError:
+        # The reader went away (`| head`): leave quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        client.close()

@@ -1,0 +1,157 @@
+"""Scripts and timelines: the pure part of the emulator."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from receiver.conversation import (
+    Faults,
+    Identity,
+    ScriptError,
+    TranscriptionSettings,
+    deliver,
+    events,
+    load_script,
+    parse_script,
+    stop_early,
+    timeline,
+)
+
+from .twilio_calls import sid
+
+IDENTITY = Identity(sid("AC"), sid("CA"), sid("GT"), datetime(2026, 11, 28, 9, 0, tzinfo=UTC))
+SETTINGS = TranscriptionSettings(
+    "http://127.0.0.1:9/cb",
+    partial_results=True,
+    inbound_track_label="customer",
+    outbound_track_label="agent",
+)
+
+
+def test_builtin_script_is_a_two_party_call():
+    script = load_script()
+    assert {u.track for u in script.utterances} == {"inbound", "outbound"}
+    assert len(script.utterances) >= 6
+    starts = [u.at for u in script.utterances]
+    assert starts == sorted(starts)
+    assert script.length >= script.utterances[-1].at + script.utterances[-1].duration
+
+
+def test_script_files_yaml_and_json(tmp_path):
+    data = {"name": "tiny", "utterances": [{"track": "inbound", "at": 0, "text": "hello there"}]}
+    (tmp_path / "tiny.json").write_text(json.dumps(data))
+    (tmp_path / "tiny.yaml").write_text("utterances:\n  - {track: outbound, at: 1, text: hi}\n")
+    assert load_script(tmp_path / "tiny.json").utterances[0].text == "hello there"
+    assert load_script(tmp_path / "tiny.yaml").utterances[0].track == "outbound"
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({}, "utterances (None)"),
+        ({"utterances": [{"track": "left", "at": 0, "text": "x"}]}, "track ('left')"),
+        ({"utterances": [{"track": "inbound", "at": -1, "text": "x"}]}, "at (-1)"),
+        ({"utterances": [{"track": "inbound", "at": 0, "text": ""}]}, "text ('')"),
+        ({"utterances": [{"track": "inbound", "at": 0, "text": "x", "confidence": 2}]}, "2.0"),
+    ],
+)
+def test_bad_scripts_name_the_field(data, words):
+    with pytest.raises(ScriptError) as caught:
+        parse_script(data, "s.yaml")
+    assert words in str(caught.value)
+
+
+def test_unreadable_script_file(tmp_path):
+    with pytest.raises(ScriptError, match="No such file"):
+        load_script(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("utterances: [\n")
+    with pytest.raises(ScriptError, match="not valid YAML"):
+        load_script(tmp_path / "broken.yaml")
+
+
+def test_events_in_order_with_growing_sequence():
+    plan = events(load_script(), SETTINGS, IDENTITY)
+    assert [c.sequence_id for c in plan] == list(range(1, len(plan) + 1))
+    assert [c.event_at for c in plan] == sorted(c.event_at for c in plan)
+    assert plan[0].params["Timestamp"] == "2026-11-28T09:00:00.000000Z"
+    assert plan[-1].event == "transcription-stopped"
+
+
+def test_track_as_label():
+    plan = events(load_script(), SETTINGS, IDENTITY, Faults(track_as_label=True))
+    tracks = {c.params["Track"] for c in plan if c.event == "transcription-content"}
+    assert tracks == {"customer", "agent"}
+
+
+def test_provider_data_only_when_enabled():
+    plain = events(load_script(), SETTINGS, IDENTITY)
+    assert not any("ProviderData" in c.params for c in plain)
+    settings = TranscriptionSettings("http://127.0.0.1:9/cb", enable_provider_data=True)
+    rich = [c for c in events(load_script(), settings, IDENTITY) if "Final" in c.params]
+    assert rich and all(json.loads(c.params["ProviderData"])["isFinal"] for c in rich)
+
+
+def test_error_ends_the_transcription():
+    plan = events(load_script(), SETTINGS, IDENTITY, Faults(error_at=8.0, error_code="95100"))
+    names = [c.event for c in plan]
+    assert names[-2:] == ["transcription-error", "transcription-stopped"]
+    error = plan[-2].params
+    assert error["TranscriptionErrorCode"] == "95100"
+    assert error["TranscriptionError"]
+    assert all(c.event_at <= 8.0 for c in plan)
+    assert [c.sequence_id for c in plan] == list(range(1, len(plan) + 1))
+
+
+def test_duplicates_repeat_exact_parameters():
+    base = events(load_script(), SETTINGS, IDENTITY)
+    sent = deliver(base, Faults(duplicates=0.5, seed=7))
+    copies = [c for c in sent if c.note == "duplicate"]
+    assert copies
+    for copy in copies:
+        assert [c.params for c in sent].count(copy.params) == 2
+    assert {c.sequence_id for c in sent} == {c.sequence_id for c in base}
+
+
+def test_reordering_and_delays_change_delivery_order_only():
+    base = events(load_script(), SETTINGS, IDENTITY)
+    sent = deliver(base, Faults(reorder=0.3, delay=0.3, max_delay=3, seed=3))
+    order = [c.sequence_id for c in sent]
+    assert order != sorted(order)
+    assert sorted(order) == [c.sequence_id for c in base]
+    assert [c.send_at for c in sent] == sorted(c.send_at for c in sent)
+    assert {"reordered", "delayed"} <= {c.note for c in sent}
+
+
+def test_same_seed_same_timeline():
+    faults = Faults(duplicates=0.2, reorder=0.2, delay=0.2, seed=42)
+    assert timeline(load_script(), SETTINGS, IDENTITY, faults) == timeline(
+        load_script(), SETTINGS, IDENTITY, faults
+    )
+
+
+def test_stop_early_sends_what_happened_then_stopped():
+    plan = timeline(load_script(), SETTINGS, IDENTITY)
+    rest = stop_early(IDENTITY, plan, 2, 7.0)
+    assert rest[-1].event == "transcription-stopped"
+    assert all(c.event_at <= 7.0 for c in rest)
+    happened = [c for c in plan if c.event_at <= 7.0]
+    assert rest[-1].sequence_id == len(happened) + 1
+    assert rest[:-1] == plan[2 : len(happened)]
+
+
+def test_timestamps_are_wall_clock_at_any_speed():
+    fast = Identity(
+        IDENTITY.account_sid,
+        IDENTITY.call_sid,
+        IDENTITY.transcription_sid,
+        IDENTITY.started_at,
+        speed=10.0,
+    )
+    plan = events(load_script(), SETTINGS, fast)
+    first_final = next(c for c in plan if c.params.get("Final") == "true")
+    utterance = load_script().utterances[0]
+    seconds = (utterance.at + utterance.duration) / 10.0
+    assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}Z"

@@ -1,0 +1,108 @@
+"""`receiver emulate` and `receiver simulate` as users run them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+from click.testing import CliRunner
+from twilio.rest import Client
+
+from receiver.cli import main
+from receiver.embedded import free_port
+
+from .twilio_calls import sid
+
+TOKEN = "cli-emulator-token"
+
+
+def test_simulate_many_calls_against_the_receiver(start_receiver, redis_client):
+    receiver = start_receiver(TWILIO_AUTH_TOKEN=f"{TOKEN},older-token")
+    result = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--url",
+            f"{receiver.url}/transcriptions/callback",
+            "--calls",
+            "3",
+            "--speed",
+            "40",
+            "--duplicates",
+            "0.2",
+            "--seed",
+            "5",
+            "--method",
+            "GET",
+        ],
+        env={"TWILIO_AUTH_TOKEN": f"{TOKEN},older-token"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "for 3 call(s)" in result.output
+    assert "injected:  duplicate" in result.output
+    call_keys = [k for k in redis_client.scan_iter("rtt:call:*") if k.count(":") == 2]
+    assert len(call_keys) == 3
+    for key in call_keys:
+        events = [f["event"] for _, f in redis_client.xrange(key)]
+        assert events[0] == "started" and events[-1] == "stopped"
+    assert redis_client.zcard("rtt:calls:active") == 0
+
+
+def test_simulate_reports_refusals_and_exits_1(start_receiver, redis_client):
+    receiver = start_receiver(TWILIO_AUTH_TOKEN=TOKEN)
+    result = CliRunner().invoke(
+        main,
+        ["simulate", "--url", f"{receiver.url}/transcriptions/callback", "--speed", "50"],
+        env={"TWILIO_AUTH_TOKEN": "not-the-receivers-token"},
+    )
+    assert result.exit_code == 1
+    assert "answers:   403" in result.output
+    assert redis_client.dbsize() == 0
+
+
+def test_simulate_checks_its_options(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("utterances: []\n")
+    result = CliRunner().invoke(main, ["simulate", "--script", str(bad)])
+    assert result.exit_code == 2
+    assert "utterances ([])" in result.output
+    result = CliRunner().invoke(main, ["simulate", "--url", "https://example.com/cb"])
+    assert result.exit_code == 1
+    assert "loopback" in result.output
+
+
+def test_emulate_command_serves_the_official_client():
+    port = free_port()
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": TOKEN}
+    env.pop("TWILIO_ACCOUNT_SID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver.cli", "emulate", "--port", str(port), "--speed", "50"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url, timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        client = Client("AC" + "0" * 31 + "1", TOKEN)
+        client.api.base_url = url
+        created = client.calls(sid("CA")).transcriptions.create(name="cli")
+        assert created.status == "in-progress"
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    assert process.returncode == 0, output
+    assert f"Twilio emulator: {url}" in output
+    assert TOKEN not in output
+    assert "Emulator stopped." in output
