@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint audit clean
+.PHONY: run test test-tools lint audit clean
 
 $(BIN)/receiver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,15 @@ $(BIN)/receiver: pyproject.toml
 run: $(BIN)/receiver
 	$(BIN)/receiver serve
 
-test: $(BIN)/receiver
+test: $(BIN)/receiver test-tools
 	$(BIN)/ruff check receiver tests examples
 	$(BIN)/pytest
+
+# Debian's nginx, for the test of the nginx example (deploy/nginx/); it skips without one.
+test-tools:
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq nginx-light) >/dev/null; } \
+	  || echo "nginx not installed: the nginx example's test will skip" >&2
 
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples
