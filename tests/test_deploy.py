@@ -95,6 +95,9 @@ def test_dockerfile_starts_the_app_as_the_image_would(base_env, tmp_path, call_s
             placed.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, placed)
     env = {**base_env, **{k: v for k, v in stage.env.items() if k not in ("PATH", "PORT")}}
+    # The image's spool is a volume of its own; here it lives under the test's folder.
+    assert stage.env.get("SPOOL_DIR", "").startswith("/var/lib/"), "the image names its spool"
+    env["SPOOL_DIR"] = str(tmp_path / "image" / stage.env["SPOOL_DIR"].lstrip("/"))
     command = stage.entrypoint + stage.cmd
     started = start_until_ready(command, env, app_dir, tmp_path / "docker.log")
     try:
