@@ -94,5 +94,14 @@ def serve(host: str, port: int, data_dir: Path, gunicorn_config: Path) -> None:
     sys.exit(code)
 
 
+def _bench() -> click.Command:
+    from .bench import bench
+
+    return bench
+
+
+main.add_command(_bench(), "bench")
+
+
 if __name__ == "__main__":
     main()
