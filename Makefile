@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean bench bench-tools
 
 $(BIN)/receiver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ test: $(BIN)/receiver
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests
 	$(BIN)/ruff format --check receiver tests
+
+# wrk: the load generator `receiver bench` prefers (it falls back to a Python one without it).
+bench-tools:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; }; } || \
+	  echo "wrk not installed: apt-get install wrk (Debian/Ubuntu) or brew install wrk (macOS)"
+
+bench: $(BIN)/receiver bench-tools
+	$(BIN)/receiver bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import multiprocessing
@@ -227,6 +228,9 @@ class Phase:
     offered_rate: float | None = None
     late_sends: int = 0
     repeated: int = 0
+    # CPU time the server's processes (gunicorn master and workers) and Redis spent per answered
+    # request during the phase: unlike req/s, hardly moved by other load on the machine.
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)
 
 
 def percentiles_ms(samples_ns: Sequence[int]) -> dict[str, float]:
@@ -536,6 +540,16 @@ class Gunicorn:
                 self.process.wait()
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of the processes, from /proc (0 elsewhere)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pids: Sequence[int]) -> dict[str, float]:
     """VmRSS of each process, in MiB (Linux /proc; empty elsewhere)."""
     out = {}
@@ -689,10 +703,14 @@ def measure(
     redis_url: str | None,
     token: str,
     workdir: Path,
-    worker_pids: list[int],
+    pids: dict[str, list[int]],
     say,
 ) -> Report:
-    """Warm up, then rounds of (baseline, receiver) closed loop, then the fixed-rate phase."""
+    """Warm up, then rounds of (baseline, receiver) closed loop, then the fixed-rate phase.
+
+    ``pids`` (when the bench started the servers): "receiver", "baseline" (gunicorn master and
+    workers), "redis" and "workers" (the receiver's workers, whose RSS is reported).
+    """
     report = Report(
         machine=machine(),
         config={k: v for k, v in asdict(options).items() if k not in ("token", "redis_url")},
@@ -722,7 +740,19 @@ def measure(
     warm = traffic(2000, 50)
     for url in filter(None, (baseline_url, receiver_url)):
         run_python("warmup", url + CALLBACK_PATH, warm, seconds=1.0, connections=4)
-    report.workers_rss_mib["start"] = rss_mib(worker_pids)
+    report.workers_rss_mib["start"] = rss_mib(pids.get("workers", []))
+
+    def timed(target: str, run_phase) -> Phase:
+        server, store = pids.get(target, []), pids.get("redis", [])
+        before = cpu_seconds(server), cpu_seconds(store)
+        phase = run_phase()
+        if server and phase.requests:
+            used = cpu_seconds(server) - before[0], cpu_seconds(store) - before[1]
+            phase.cpu_us_per_request = {
+                "server": round(used[0] / phase.requests * 1e6, 1),
+                "redis": round(used[1] / phase.requests * 1e6, 1),
+            }
+        return phase
 
     all_calls: list[str] = []
     pool = max(5000, int(options.seconds * options.expected_rate))
@@ -732,9 +762,19 @@ def measure(
         all_calls += dict.fromkeys(c.call_sid for c in load)
         if baseline_url:
             say(f"round {n + 1}/{options.rounds}: baseline (empty route), {options.seconds:g}s")
-            report.baseline.append(_closed_loop(options, "baseline", baseline_url, load, workdir))
+            report.baseline.append(
+                timed(
+                    "baseline",
+                    functools.partial(
+                        _closed_loop, options, "baseline", baseline_url, load, workdir
+                    ),
+                )
+            )
         say(f"round {n + 1}/{options.rounds}: receiver, {options.seconds:g}s")
-        phase = _closed_loop(options, "receiver", receiver_url, load, workdir)
+        phase = timed(
+            "receiver",
+            functools.partial(_closed_loop, options, "receiver", receiver_url, load, workdir),
+        )
         report.receiver.append(phase)
         report.sent += min(phase.requests, len(load))
         if phase.repeated:
@@ -742,7 +782,7 @@ def measure(
                 f"round {n + 1}: {phase.repeated} requests were repeats of the pool of {pool} "
                 "(answered as duplicates); raise --expected-rate"
             )
-    report.workers_rss_mib["end"] = rss_mib(worker_pids)
+    report.workers_rss_mib["end"] = rss_mib(pids.get("workers", []))
 
     if options.rate > 0:
         count = int(options.rate * options.rate_seconds)
@@ -753,16 +793,23 @@ def measure(
         sampled = frozenset(calls[: options.sample_calls])
         say(f"fixed rate: {options.rate:g} req/s offered for {options.rate_seconds:g}s")
         if redis_url:
+            sent_at: dict[tuple[str, int], int] = {}
             with consumer(redis_url, options.prefix, sorted(sampled)) as read_at:
-                phase, sent_at = run_python(
-                    "receiver",
-                    receiver_url + CALLBACK_PATH,
-                    load,
-                    seconds=options.rate_seconds,
-                    connections=options.rate_connections,
-                    rate=options.rate,
-                    sampled=sampled,
-                )
+
+                def fixed() -> Phase:
+                    phase, sent = run_python(
+                        "receiver",
+                        receiver_url + CALLBACK_PATH,
+                        load,
+                        seconds=options.rate_seconds,
+                        connections=options.rate_connections,
+                        rate=options.rate,
+                        sampled=sampled,
+                    )
+                    sent_at.update(sent)
+                    return phase
+
+                phase = timed("receiver", fixed)
             report.end_to_end_ms = end_to_end(sent_at, read_at)
         else:
             phase, _ = run_python(
@@ -804,7 +851,7 @@ def run(options: Options, say) -> Report:
                 options.redis_url,
                 token,
                 workdir,
-                [],
+                {},
                 say,
             )
         token = secrets.token_hex(16)
@@ -836,7 +883,12 @@ def run(options: Options, say) -> Report:
                 embedded.url,
                 token,
                 workdir,
-                receiver.worker_pids(),
+                {
+                    "receiver": [receiver.process.pid, *receiver.worker_pids()],
+                    "baseline": [baseline.process.pid, *baseline.worker_pids()] if baseline else [],
+                    "redis": [embedded.process.pid] if embedded.process else [],
+                    "workers": receiver.worker_pids(),
+                },
                 say,
             )
         finally:
@@ -852,21 +904,22 @@ def render(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Wide enough for the table when piped to a file, as the terminal's width otherwise.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     summary = report.summary()
     m = report.machine
     console.print(
         f"[bold]receiver bench[/] on {m['nproc']} x {m['cpu_model']} "
         f"(load average at start {m['load_average']}), generator {report.config['generator']}"
     )
-    table = Table("phase", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses", "errors")
+    table = Table(
+        "phase", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "CPU µs/req", "statuses", "errors"
+    )
     phases = [*report.baseline, *report.receiver]
     if report.fixed_rate:
         phases.append(report.fixed_rate)
     for phase in phases:
-        name = phase.target + (
-            f" @ {phase.offered_rate:g} req/s offered" if phase.offered_rate else " (closed loop)"
-        )
+        name = phase.target + (f" @{phase.offered_rate:g}/s" if phase.offered_rate else "")
         lat = phase.latency_ms
         table.add_row(
             name,
@@ -875,6 +928,7 @@ def render(report: Report) -> None:
             f"{lat['p95']:.2f}",
             f"{lat['p99']:.2f}",
             f"{lat['max']:.2f}",
+            " + ".join(f"{v:g} {k}" for k, v in phase.cpu_us_per_request.items()) or "-",
             " ".join(f"{k}:{v}" for k, v in phase.statuses.items()),
             str(phase.socket_errors),
         )
@@ -903,7 +957,10 @@ def render(report: Report) -> None:
         f"({report.assumptions['derivation']})",
     )
     if report.stored is not None:
-        facts.add_row("stored in the call streams", f"{report.stored} of {report.sent} sent")
+        facts.add_row(
+            "stored in the call streams",
+            f"{report.stored} of {report.sent} answered (+ any in flight when a phase ended)",
+        )
     for when, rss in report.workers_rss_mib.items():
         if rss:
             facts.add_row(f"worker RSS at {when}", ", ".join(f"{v} MiB" for v in rss.values()))
