@@ -523,12 +523,7 @@ class Gunicorn:
             conn.close()
 
     def worker_pids(self) -> list[int]:
-        pid = self.process.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            return []
-        return sorted(int(c) for c in children)
+        return children(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -538,6 +533,14 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (gunicorn's workers), from /proc (none elsewhere)."""
+    try:
+        return sorted(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return []
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -602,6 +605,8 @@ class Options:
     baseline: bool
     expected_rate: float
     sample_calls: int
+    server_pid: int | None
+    redis_pid: int | None
 
 
 @dataclass
@@ -851,7 +856,13 @@ def run(options: Options, say) -> Report:
                 options.redis_url,
                 token,
                 workdir,
-                {},
+                {
+                    "receiver": [options.server_pid, *children(options.server_pid)],
+                    "workers": children(options.server_pid),
+                    "redis": [options.redis_pid] if options.redis_pid else [],
+                }
+                if options.server_pid
+                else {},
                 say,
             )
         token = secrets.token_hex(16)
@@ -1073,6 +1084,12 @@ def render(report: Report) -> None:
     show_default=True,
     help="Calls whose events the end-to-end consumer follows.",
 )
+@click.option(
+    "--server-pid",
+    type=int,
+    help="With --url, on this host: the gunicorn master's pid, for CPU per request and RSS.",
+)
+@click.option("--redis-pid", type=int, help="With --url, on this host: Redis' pid, for its CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(as_json: bool, **values) -> None:
     """Measure the receiver under realistic signed traffic, against an empty-route baseline."""
