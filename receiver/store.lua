@@ -71,16 +71,21 @@ if event == 'content' and ARGV[11] == '1' and ARGV[12] ~= '' then
   redis.call('EXPIRE', KEYS[5], retention)
 end
 
+-- The call is active while any of its transcriptions is. Most events belong to a transcription
+-- already marked active: then nothing is rewritten and no other transcription is looked at.
 local state = redis.call('HGET', KEYS[7], tsid)
+local active = false
 if event == 'stopped' then
   redis.call('HSET', KEYS[7], tsid, 'stopped')
 elseif state ~= 'stopped' then
-  redis.call('HSET', KEYS[7], tsid, 'active')
+  if state ~= 'active' then redis.call('HSET', KEYS[7], tsid, 'active') end
+  active = true
 end
 redis.call('EXPIRE', KEYS[7], retention)
-local active = false
-for _, s in ipairs(redis.call('HVALS', KEYS[7])) do
-  if s == 'active' then active = true end
+if not active then
+  for _, s in ipairs(redis.call('HVALS', KEYS[7])) do
+    if s == 'active' then active = true end
+  end
 end
 if active then
   redis.call('ZADD', KEYS[6], tonumber(ARGV[13]), ARGV[4])
