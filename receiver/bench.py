@@ -828,6 +828,12 @@ def measure(
             report.notes.append("no --redis-url: end-to-end latency not measured")
         report.fixed_rate = phase
         report.sent += phase.requests
+        if phase.late_sends > phase.requests / 100:
+            report.notes.append(
+                f"{phase.late_sends} of {phase.requests} fixed-rate requests left more than 5 ms "
+                "after their due time: the generator itself was short of CPU, so the offered "
+                "rate was not held evenly (latencies are measured from the actual send)"
+            )
     if redis_url:
         report.stored = _stored(redis_url, options.prefix, all_calls)
     return report
@@ -880,7 +886,8 @@ def run(options: Options, say) -> Report:
                 env["GUNICORN_THREADS"] = str(options.threads)
             if options.worker_class:
                 env["GUNICORN_CMD_ARGS"] = f"--worker-class {options.worker_class}"
-            say(f"starting Redis ({embedded.url}), the receiver and the baseline under gunicorn")
+            servers_text = "the receiver and the baseline" if options.baseline else "the receiver"
+            say(f"starting Redis ({embedded.url}) and {servers_text} under gunicorn")
             receiver = Gunicorn.start("receiver:create_app()", env, workdir)
             servers.append(receiver)
             baseline = None
