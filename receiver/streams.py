@@ -7,6 +7,7 @@ bumps ``SCHEMA_VERSION``.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -150,15 +151,15 @@ class Store:
         event, measured with ``receiver bench``. Other clients (e.g. a cluster's) are used as
         they are.
         """
-        client = getattr(self._local, "client", None)
-        if client is None:
+        pid, client = getattr(self._local, "client", (None, None))
+        if client is None or pid != os.getpid():  # never a socket inherited across a fork
             if type(self.client) is redis.Redis:
                 client = redis.Redis(
                     connection_pool=self.client.connection_pool, single_connection_client=True
                 )
             else:
                 client = self.client
-            self._local.client = client
+            self._local.client = (os.getpid(), client)
         return client
 
     def append(self, event: Event) -> Outcome:
