@@ -7,16 +7,17 @@ package's HMAC) *before* the timed phase, and written out as raw HTTP bytes, so 
 only copies bytes over keep-alive connections.
 
 Generators: ``wrk`` (Debian package ``wrk``, driven by ``bench.lua``) when it is installed, for
-closed-loop throughput: on a 2-core machine a Python generator spends the CPU the server needs
-and under-reports. A pure-Python asyncio generator (raw sockets, keep-alive) is the fallback and
-also drives the fixed-rate phase (``--rate``), which wrk cannot do, and which records the send
-time of sampled calls for the end-to-end latency: a separate consumer process reads those calls'
-streams with ``XREAD BLOCK`` and notes when each event arrives.
+closed-loop throughput: on a 2-core machine a Python generator takes CPU from the server and
+under-reports the fastest one, the empty route, by up to about 20% (README, "Performance").
+A pure-Python asyncio generator (raw sockets, keep-alive) is the fallback and also drives the
+fixed-rate phase (``--rate``), which wrk cannot do, and which records the send time of sampled
+calls for the end-to-end latency: a separate consumer process reads those calls' streams with
+``XREAD BLOCK`` and notes when each event arrives.
 
 Baseline: an empty Flask route returning 204 (``receiver.bench_baseline``) served by the same
 gunicorn configuration, measured in the same run with the same generator and requests, rounds
 interleaved; the receiver's throughput is printed as a ratio of it. Absolute figures depend on
-the machine and whatever else runs on it; the ratio much less.
+the machine and whatever else runs on it; the ratio and the CPU time per request, less.
 """
 
 from __future__ import annotations
