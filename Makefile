@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-tools lint audit clean
+.PHONY: run test test-tools lint audit clean bench demo
 
 $(BIN)/receiver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,16 @@ test: $(BIN)/receiver test-tools
 	$(BIN)/ruff check receiver tests examples
 	$(BIN)/pytest
 
-# Debian's nginx, for the test of the nginx example (deploy/nginx/); it skips without one.
+# Debian's nginx and wrk, for the tests of the nginx example and of `receiver bench`; when they
+# cannot be installed (not root, no apt-get), those tests skip or fall back and say so.
 test-tools:
-	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && (apt-get update -qq && apt-get install -y -qq nginx-light) >/dev/null; } \
-	  || echo "nginx not installed: the nginx example's test will skip" >&2
+	@for tool in nginx:nginx-light wrk:wrk; do \
+	  command -v $${tool%%:*} >/dev/null && continue; \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq $${tool#*:} >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq $${tool#*:} >/dev/null; }; }; } || \
+	  echo "$${tool%%:*} not installed: its tests will skip or fall back" >&2; \
+	done
 
 lint: $(BIN)/receiver
 	$(BIN)/ruff check receiver tests examples
@@ -34,9 +39,12 @@ lint: $(BIN)/receiver
 audit: $(BIN)/receiver
 	$(BIN)/pip-audit --skip-editable --strict
 
+# `receiver bench` prefers wrk (installed by test-tools); it falls back to a Python generator.
+bench: $(BIN)/receiver test-tools
+	$(BIN)/receiver bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: demo
 demo: $(BIN)/receiver   # the whole loop without Twilio, in about 12 seconds (docs/emulator.md)
 	$(BIN)/receiver demo

@@ -10,10 +10,25 @@ Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so
 adds up all workers. When it is not set, a private directory is created here and removed on
 exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
 
-Worker class: gthread. Each callback spends most of its time waiting on one Redis round trip,
-so threads overlap those waits without the monkey-patching of gevent/eventlet; a thread pool per
-worker also keeps keep-alive connections from a load balancer from pinning a whole process, as
-sync workers would. See the README's performance section for the measurements.
+Worker class and counts: gthread, 2 workers x 4 threads, chosen with `receiver bench` (README,
+"Performance") on a 2-core machine shared with other jobs (load average 4 to 9), comparing the
+gunicorn CPU time per stored callback, which such sharing hardly moves, where req/s swung by 2x:
+
+    gthread 2 x 4   832-902 us (8 runs)    sync 2    902-926 us (3 runs)
+    gthread 2 x 2   961 us                 sync 3    876 us
+    gthread 2 x 1   955 us                 sync 4    912-915 us (2 runs)
+    gthread 3 x 1   1006 us                (the empty route: 310-430 us, any class)
+    gthread 4 x 2   966-1034 us
+
+2 x 4 cost as little as any (sync 3's single run lies inside its range) and less than the other
+gthread shapes: each callback waits once on Redis, and threads fill those waits without more
+processes competing for 2 cores.
+Sync workers had a lower p99 at 1,000 req/s offered in those runs (23-35 ms against 27-66 ms,
+all far above the goal, because the cores were shared); they were not chosen because they
+close the connection after every answer (no keep-alive) and let one slow client hold a whole
+process, which matters when Twilio reaches the receiver without a buffering proxy. To try them:
+GUNICORN_CMD_ARGS="--worker-class sync". Scale with WEB_CONCURRENCY = cores (Redis needs CPU
+too: about 100 us per callback, from the same bench).
 """
 
 import logging

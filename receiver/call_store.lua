@@ -70,12 +70,16 @@ local function store_call(k)
     redis.call('EXPIRE', k.finals, retention)
   end
 
+  -- Most events belong to a transcription already marked active: then nothing is rewritten
+  -- and the call's other transcriptions are not looked at.
   local state = redis.call('HGET', k.transcriptions, tsid)
+  local active = false
   if event == 'stopped' then
     redis.call('HSET', k.transcriptions, tsid, 'stopped')
   elseif state ~= 'stopped' then
-    redis.call('HSET', k.transcriptions, tsid, 'active')
+    if state ~= 'active' then redis.call('HSET', k.transcriptions, tsid, 'active') end
+    active = true
   end
   redis.call('EXPIRE', k.transcriptions, retention)
-  return id, fields, call_in_progress(k.transcriptions)
+  return id, fields, active or call_in_progress(k.transcriptions)
 end

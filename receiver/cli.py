@@ -106,5 +106,15 @@ main.add_command(tail)
 main.add_command(transcriptions)
 main.add_command(demo)
 
+
+def _bench() -> click.Command:
+    from .bench import bench
+
+    return bench
+
+
+main.add_command(_bench(), "bench")
+
+
 if __name__ == "__main__":
     main()

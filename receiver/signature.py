@@ -12,7 +12,7 @@ the common path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -45,11 +45,14 @@ def _validator(token: str) -> RequestValidator:
     return RequestValidator(token)
 
 
-def url_variants(url: str) -> tuple[str, str]:
-    """The URL as received first, then its twin with the default port added or removed."""
+def url_variants(url: str) -> Iterator[str]:
+    """The URL as received first, then its twin with the default port added or removed.
+
+    Lazily: the twin costs a URL parse, and the common path never needs it.
+    """
+    yield url
     parsed = urlsplit(url)
-    other = remove_port(parsed) if parsed.port else add_port(parsed)
-    return url, other
+    yield remove_port(parsed) if parsed.port else add_port(parsed)
 
 
 def compute(token: str, url: str, params: Params, algorithm: str = HMAC_SHA1) -> str:
@@ -69,6 +72,7 @@ def is_valid(
         return False
     algorithm = get_signature_algorithm(settings_header)
     multi = _MultiParams(params)
+    tokens = tuple(tokens)
     try:
         for candidate in url_variants(url):
             for token in tokens:
