@@ -8,12 +8,13 @@ local spool, on its way to Redis), 4xx means "do not retry" (Twilio will not), 5
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote
 
 import redis
-from flask import Blueprint, Flask, Request, current_app, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import metrics, signature
@@ -118,20 +119,36 @@ def _verify(req: Request, settings: Settings) -> dict[str, list[str]]:
     return params
 
 
+def _url_labels(req: Request) -> TrackLabels:
+    if not req.query_string:  # the common case: no labels, nothing to parse
+        return TrackLabels()
+    return TrackLabels(req.args.get("inbound_label"), req.args.get("outbound_label"))
+
+
+# Built once: the answers of the hot path are always one of these.
+_ANSWERS = {
+    outcome: (json.dumps({"outcome": outcome}).encode() + b"\n", status)
+    for outcome, status in (("stored", 200), ("duplicate", 200), ("spooled", 202))
+}
+
+
+def _answer(outcome: str) -> Response:
+    """200, or 202 when the event is durable in the spool and in Redis once replayed."""
+    body, status = _ANSWERS[outcome]
+    return current_app.response_class(body, status, mimetype="application/json")
+
+
 @bp.route(CALLBACK_PATH, methods=["GET", "POST"])
 def callback():
-    app = _receiver()
-    params = _verify(request, app.settings)
+    app, req = _receiver(), request._get_current_object()  # one proxy lookup, not dozens
+    params = _verify(req, app.settings)
     received_at = now_iso()
-    labels = TrackLabels(request.args.get("inbound_label"), request.args.get("outbound_label"))
     try:
-        event = parse(params, received_at=received_at, url_labels=labels)
+        event = parse(params, received_at=received_at, url_labels=_url_labels(req))
     except InvalidEvent as error:
         note(outcome="rejected", reason=error.field)
-        rejection = Rejection(
-            error, params, received_at, request.method, signed_url(request, app.settings)
-        )
-        app.delivery.deliver(rejection)
+        url = signed_url(req, app.settings)
+        app.delivery.deliver(Rejection(error, params, received_at, req.method, url))
         raise Refused(400, str(error)) from None
     note(
         event=event.event,
@@ -141,8 +158,7 @@ def callback():
     )
     outcome = app.delivery.deliver(event)
     note(outcome=outcome)
-    # 202: durable in the spool, in Redis once the drainer has replayed it.
-    return jsonify(outcome=outcome), 202 if outcome == "spooled" else 200
+    return _answer(outcome)
 
 
 @bp.route("/healthz")
