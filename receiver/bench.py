@@ -50,11 +50,11 @@ import click
 import redis
 
 from .embedded import EmbeddedRedis, free_port
+from .serving import gunicorn_command
 from .signature import SIGNATURE_HEADER, compute
 from .streams import Keys
 from .webhooks import CALLBACK_PATH
 
-GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
 WRK_SCRIPT = files(__package__).joinpath("bench.lua")
 WRK_HINT = (
     "wrk is not installed: using the Python generator, which shares the CPU with the server and "
@@ -480,7 +480,7 @@ def end_to_end(sent_at: dict, read_at: dict) -> dict[str, float | int]:
 
 @dataclass
 class Gunicorn:
-    """A gunicorn started by the bench with deploy/gunicorn.conf.py, on loopback."""
+    """A gunicorn started by the bench with the project's settings, on loopback."""
 
     app: str
     port: int
@@ -497,7 +497,7 @@ class Gunicorn:
         log = workdir / f"gunicorn-{port}.log"
         env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
         env.pop("BIND", None)
-        command = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), app]
+        command = gunicorn_command(app)
         with log.open("wb") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         server = cls(app, port, process, log)

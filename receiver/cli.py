@@ -12,9 +12,8 @@ import click
 
 from .config import ConfigError, load_settings, redact_url
 from .embedded import EmbeddedRedis, EmbeddedRedisError
+from .serving import GUNICORN_CONFIG
 from .webhooks import CALLBACK_PATH
-
-DEFAULT_GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
 
 
 @click.group()
@@ -50,11 +49,11 @@ def _check_settings(env: dict[str, str]) -> None:
 @click.option(
     "--config",
     "gunicorn_config",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=DEFAULT_GUNICORN_CONFIG,
-    show_default="deploy/gunicorn.conf.py",
+    default=GUNICORN_CONFIG,
+    show_default=True,
+    help="gunicorn configuration: a file, or python:MODULE.",
 )
-def serve(host: str, port: int, data_dir: Path, gunicorn_config: Path) -> None:
+def serve(host: str, port: int, data_dir: Path, gunicorn_config: str) -> None:
     """Run the receiver under gunicorn; start an embedded Redis when REDIS_URL is not set."""
     env = dict(os.environ, HOST=host, PORT=str(port))
     env.pop("BIND", None)

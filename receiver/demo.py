@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -24,11 +23,10 @@ from twilio.rest import Client
 from .conversation import Faults
 from .embedded import EmbeddedRedis, EmbeddedRedisError, free_port
 from .emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
+from .serving import gunicorn_command
 from .streams import Keys
 from .tail import run as run_tail
 from .webhooks import CALLBACK_PATH
-
-GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
 
 
 def start_receiver(redis_url: str, token: str, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -46,13 +44,7 @@ def start_receiver(redis_url: str, token: str, workdir: Path) -> tuple[subproces
     }
     for name in ("BIND", "PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX"):
         env.pop(name, None)
-    # deploy/ is beside the package in a checkout, not in an installed wheel.
-    config = (
-        ["-c", str(GUNICORN_CONFIG)]
-        if GUNICORN_CONFIG.exists()
-        else ["-b", f"127.0.0.1:{port}", "-k", "gthread", "--threads", "4", "-w", "1"]
-    )
-    command = [sys.executable, "-m", "gunicorn", *config, "receiver:create_app()"]
+    command = gunicorn_command()
     with (workdir / "gunicorn.log").open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

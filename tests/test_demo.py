@@ -44,7 +44,7 @@ def test_demo_plays_one_call_and_cleans_up():
 def test_demo_receiver_starts_without_the_deploy_directory(redis_server, tmp_path, monkeypatch):
     from receiver import demo
 
-    monkeypatch.setattr(demo, "GUNICORN_CONFIG", tmp_path / "missing.conf.py")
+    monkeypatch.chdir(tmp_path)  # no deploy/ here: the settings come from the package
     process, url = demo.start_receiver(redis_server.url, "token", tmp_path)
     try:
         assert requests.get(url + "/readyz", timeout=5).json()["status"] == "ready"

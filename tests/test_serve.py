@@ -13,7 +13,6 @@ import requests
 
 from receiver.embedded import free_port
 
-from .processes import ROOT
 from .twilio_calls import TOKEN, content, sid, sign
 
 
@@ -33,7 +32,12 @@ def test_serve_with_embedded_redis(tmp_path):
         str(tmp_path / "data"),
     ]
     process = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        env=env,
+        cwd=tmp_path,  # no deploy/ there: the settings come from the package
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines = []
     try:

@@ -1,0 +1,160 @@
+"""gunicorn settings for rtt-receiver, read through deploy/gunicorn.conf.py.
+
+Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'` in a checkout, or
+`gunicorn -c python:receiver.gunicorn_conf 'receiver:create_app()'` from an installed package
+(what `receiver serve` runs): the settings live in the package so that both work.
+
+Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
+WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4);
+LOG_LEVEL, LOG_FORMAT (see receiver/logs.py); PROMETHEUS_MULTIPROC_DIR (see below).
+
+Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so that /metrics
+adds up all workers. When it is not set, a private directory is created here and removed on
+exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
+
+Worker class and counts: gthread, 2 workers x 4 threads, chosen with `receiver bench` (README,
+"Performance") on a 2-core machine shared with other jobs (load average 4 to 9), comparing the
+gunicorn CPU time per stored callback, which such sharing hardly moves, where req/s swung by 2x:
+
+    gthread 2 x 4   832-902 us (8 runs)    sync 2    902-926 us (3 runs)
+    gthread 2 x 2   961 us                 sync 3    876 us
+    gthread 2 x 1   955 us                 sync 4    912-915 us (2 runs)
+    gthread 3 x 1   1006 us                (the empty route: 310-430 us, any class)
+    gthread 4 x 2   966-1034 us
+
+2 x 4 cost as little as any (sync 3's single run lies inside its range) and less than the other
+gthread shapes: each callback waits once on Redis, and threads fill those waits without more
+processes competing for 2 cores.
+Sync workers had a lower p99 at 1,000 req/s offered in those runs (23-35 ms against 27-66 ms,
+all far above the goal, because the cores were shared); they were not chosen because they
+close the connection after every answer (no keep-alive) and let one slow client hold a whole
+process, which matters when Twilio reaches the receiver without a buffering proxy. To try them:
+GUNICORN_CMD_ARGS="--worker-class sync". Scale with WEB_CONCURRENCY = cores (Redis needs CPU
+too: about 100 us per callback, from the same bench).
+"""
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+# Set before any worker imports prometheus_client, which reads it at import time. The second
+# variable marks the directory as ours, also across a configuration reload (SIGHUP).
+_OWNED_METRICS_DIR = "RTT_OWNED_METRICS_DIR"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rtt-metrics-")
+    os.environ[_OWNED_METRICS_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+bind = (
+    os.environ.get("BIND")
+    or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+)
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
+timeout = 30
+graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
+# Bounded request parsing: Twilio's callbacks are small.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = None
+errorlog = "-"
+# Several receivers may run on one host (tests, blue/green): no shared control socket.
+control_socket_disable = True
+loglevel = os.environ.get("LOG_LEVEL", "info")
+_log_format = os.environ.get("LOG_FORMAT", "auto").strip().lower()
+if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
+    # gunicorn's own lines in the receiver's JSON shape (receiver/logs.py), so that a log
+    # collector reads one format; in a terminal gunicorn's plain lines are easier to read.
+    _level = loglevel.strip().upper()
+    _level = _level if _level in logging.getLevelNamesMapping() else "INFO"
+    logconfig_dict = {
+        "root": {"level": _level, "handlers": ["error_console"]},
+        "loggers": {
+            "gunicorn.error": {
+                "level": _level,
+                "handlers": ["error_console"],
+                "propagate": False,
+                "qualname": "gunicorn.error",
+            },
+            # A logconfig_dict turns gunicorn's access log on; its lines carry the query
+            # string, where GET callbacks carry the transcript: keep it off, as accesslog is.
+            "gunicorn.access": {
+                "level": "WARNING",
+                "handlers": ["console"],
+                "propagate": False,
+                "qualname": "gunicorn.access",
+            },
+            # Has its own handler (receiver/logs.py): through the root too would print twice.
+            "receiver": {"propagate": False},
+        },
+        "formatters": {"generic": {"()": "receiver.logs.JsonFormatter"}},
+    }
+
+
+def _bound_silent_clients() -> None:
+    """A gthread worker gives each new connection a thread for up to 5 s while it waits for the
+    first bytes, so a few dozen silent connections stall every callback. Waiting 0.25 s and then
+    parking the connection on the poller (what gunicorn does after its wait anyway) keeps
+    threads for clients that talk. Trickling clients still hold a thread: see the README."""
+    from gunicorn.workers import gthread
+
+    if hasattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT"):
+        gthread.DEFAULT_WORKER_DATA_TIMEOUT = 0.25
+
+
+_bound_silent_clients()
+
+
+def on_starting(server):
+    """Refuse to start on a bad configuration, with the reason, before any worker boots."""
+    from receiver import logs
+    from receiver.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        raise SystemExit(f"rtt-receiver: {error}") from None
+    if not settings.redis_url:
+        raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
+    if settings.spool_dir:
+        from receiver.spool import Spool
+
+        try:
+            spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+            spool.check()
+        except OSError as error:
+            raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r}: {error}") from None
+        if not spool.writable():
+            raise SystemExit(f"rtt-receiver: SPOOL_DIR={settings.spool_dir!r} is not writable")
+        server.log.info("spool: %s (%d records waiting)", spool.directory.resolve(), spool.depth())
+    try:
+        logs.configure()
+    except ValueError as error:
+        raise SystemExit(f"rtt-receiver: {error}") from None
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def worker_exit(server, worker):
+    """After a worker's in-flight requests finished (SIGTERM, SIGHUP reload, max requests):
+    stop its spool drainer, which confirms the record in hand and releases the drain lock, so
+    another worker or the next receiver takes over with nothing lost or replayed twice."""
+    from receiver.delivery import stop_drainers
+
+    stop_drainers()
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not be summed any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    owned = os.environ.get(_OWNED_METRICS_DIR)
+    if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)
