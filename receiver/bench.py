@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import http.client
 import json
 import multiprocessing
 import os
@@ -49,8 +48,8 @@ from urllib.parse import urlencode, urlsplit
 import click
 import redis
 
-from .embedded import EmbeddedRedis, free_port
-from .serving import gunicorn_command
+from .embedded import EmbeddedRedis
+from .serving import Served, ServeError, children, start
 from .signature import SIGNATURE_HEADER, compute
 from .streams import Keys
 from .webhooks import CALLBACK_PATH
@@ -478,72 +477,6 @@ def end_to_end(sent_at: dict, read_at: dict) -> dict[str, float | int]:
 # --- servers ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Gunicorn:
-    """A gunicorn started by the bench with the project's settings, on loopback."""
-
-    app: str
-    port: int
-    process: subprocess.Popen
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    def start(cls, app: str, env: dict[str, str], workdir: Path, timeout: float = 30) -> Gunicorn:
-        port = free_port()
-        log = workdir / f"gunicorn-{port}.log"
-        env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
-        env.pop("BIND", None)
-        command = gunicorn_command(app)
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        server = cls(app, port, process, log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise click.ClickException(f"gunicorn exited: {log.read_text()[-2000:]}")
-            if server._healthy() and len(server.worker_pids()) >= int(
-                env.get("WEB_CONCURRENCY", "2")
-            ):
-                return server
-            time.sleep(0.1)
-        server.stop()
-        raise click.ClickException(f"gunicorn did not answer in {timeout}s")
-
-    def _healthy(self) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
-
-    def worker_pids(self) -> list[int]:
-        return children(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (gunicorn's workers), from /proc (none elsewhere)."""
-    try:
-        return sorted(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-    except OSError:
-        return []
-
-
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU time of the processes, from /proc (0 elsewhere)."""
     ticks = 0
@@ -874,7 +807,7 @@ def run(options: Options, say) -> Report:
             )
         token = secrets.token_hex(16)
         embedded = EmbeddedRedis(workdir / "redis").start()
-        servers: list[Gunicorn] = []
+        servers: list[Served] = []
         try:
             env = {
                 "REDIS_URL": embedded.url,
@@ -889,12 +822,18 @@ def run(options: Options, say) -> Report:
                 env["GUNICORN_CMD_ARGS"] = f"--worker-class {options.worker_class}"
             servers_text = "the receiver and the baseline" if options.baseline else "the receiver"
             say(f"starting Redis ({embedded.url}) and {servers_text} under gunicorn")
-            receiver = Gunicorn.start("receiver:create_app()", env, workdir)
-            servers.append(receiver)
-            baseline = None
-            if options.baseline:
-                baseline = Gunicorn.start("receiver.bench_baseline:create_app()", env, workdir)
-                servers.append(baseline)
+            workers = int(env.get("WEB_CONCURRENCY", "2"))
+            try:
+                receiver = start(env, workdir, workers=workers)
+                servers.append(receiver)
+                baseline = None
+                if options.baseline:
+                    baseline = start(
+                        env, workdir, app="receiver.bench_baseline:create_app()", workers=workers
+                    )
+                    servers.append(baseline)
+            except ServeError as error:
+                raise click.ClickException(str(error)) from None
             return measure(
                 options,
                 receiver.url,

@@ -7,9 +7,7 @@ and the temporary data removed.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 import tempfile
 import time
 import uuid
@@ -17,63 +15,32 @@ from pathlib import Path
 
 import click
 import redis
-import requests
 from twilio.rest import Client
 
 from .conversation import Faults
-from .embedded import EmbeddedRedis, EmbeddedRedisError, free_port
+from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
-from .serving import gunicorn_command
+from .serving import Served, ServeError, start
 from .streams import Keys
 from .tail import run as run_tail
 from .webhooks import CALLBACK_PATH
 
 
-def start_receiver(redis_url: str, token: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_receiver(redis_url: str, token: str, workdir: Path) -> Served:
     """The real receiver under gunicorn on a free loopback port; its log goes to a file."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
+    env: dict[str, str | None] = {
         "REDIS_URL": redis_url,
         "TWILIO_AUTH_TOKEN": token,
         "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
         "WEB_CONCURRENCY": "1",
         "LOG_LEVEL": "warning",
+        # The demo's own settings, whatever the shell has.
+        **dict.fromkeys(("PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX")),
     }
-    for name in ("BIND", "PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX"):
-        env.pop(name, None)
-    command = gunicorn_command()
-    with (workdir / "gunicorn.log").open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
     try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            try:
-                if requests.get(f"{url}/readyz", timeout=1).ok:
-                    return process, url
-            except requests.ConnectionError:
-                time.sleep(0.1)
-    except BaseException:
-        stop_process(process)  # Ctrl-C while waiting: leave no gunicorn behind
-        raise
-    stop_process(process)
-    tail = (workdir / "gunicorn.log").read_text(errors="replace")[-800:]
-    raise click.ClickException(f"the receiver did not start: {tail}")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        return start(env, workdir, ready_path="/readyz", timeout=20)
+    except ServeError as error:
+        raise click.ClickException(f"the receiver did not start: {error}") from None
 
 
 @click.command()
@@ -97,14 +64,15 @@ def demo(speed: float, finals_only: bool) -> None:
             server = EmbeddedRedis(workdir / "redis").start()
         except EmbeddedRedisError as error:
             raise click.ClickException(str(error)) from None
-        receiver: subprocess.Popen | None = None
+        receiver: Served | None = None
         emulator = EmulatorServer(
             Emulator(DEFAULT_ACCOUNT_SID, token, faults=Faults(), speed=speed)
         )
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
         try:
             click.echo(f"1/4 Embedded Redis     {server.url}")
-            receiver, receiver_url = start_receiver(server.url, token, workdir)
+            receiver = start_receiver(server.url, token, workdir)
+            receiver_url = receiver.url
             click.echo(f"2/4 Receiver           {receiver_url}{CALLBACK_PATH} (gunicorn)")
             emulator.start()
             click.echo(f"3/4 Twilio emulator    {emulator.url}")
@@ -145,7 +113,7 @@ def demo(speed: float, finals_only: bool) -> None:
         finally:
             emulator.stop()
             if receiver:
-                stop_process(receiver)
+                receiver.stop()
             client.close()
             server.stop()
             click.echo("Stopped the emulator, the receiver and Redis; demo data removed.")

@@ -14,8 +14,9 @@ from hypothesis import settings as hypothesis_settings
 from receiver import create_app
 from receiver.config import Settings
 from receiver.embedded import EmbeddedRedis
+from receiver.serving import Served
 
-from .processes import ReceiverProcess
+from .processes import start_receiver_process
 from .twilio_calls import TOKEN
 
 # Property-based tests stay fast by default; HYPOTHESIS_PROFILE=long runs many more examples.
@@ -69,10 +70,10 @@ def call_sid() -> str:
 @pytest.fixture
 def start_receiver(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path):
     """Start the real app under gunicorn with deploy/gunicorn.conf.py; returns its base URL."""
-    started: list[ReceiverProcess] = []
+    started: list[Served] = []
 
-    def start(**env: str) -> ReceiverProcess:
-        process = ReceiverProcess.start(
+    def start(**env: str) -> Served:
+        process = start_receiver_process(
             {
                 "REDIS_URL": redis_server.url,
                 "TWILIO_AUTH_TOKEN": TOKEN,

@@ -6,15 +6,13 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 
-import requests
+from receiver.serving import Served, start
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -106,41 +104,10 @@ def tool_path() -> str:
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
-@dataclass
-class Started:
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_until_ready(
-    command: list[str], env: dict[str, str], cwd: Path, log: Path, timeout: float = 30
-) -> Started:
-    """Run ``command`` and wait until its ``/readyz`` answers 200 on $PORT."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    started = Started(process, f"http://127.0.0.1:{env['PORT']}", log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{command} exited: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(started.url + "/readyz", timeout=2).status_code == 200:
-                return started
-        except (requests.ConnectionError, requests.Timeout):  # busy machine: try again
-            pass
-        time.sleep(0.1)
-    started.stop()
-    raise AssertionError(f"{command} was not ready in {timeout}s: {log.read_text()[-2000:]}")
+def start_until_ready(command: list[str], env: dict[str, str], cwd: Path, workdir: Path) -> Served:
+    """Run ``command`` with exactly ``env`` and wait until its ``/readyz`` answers 200 on $PORT."""
+    exactly = {**dict.fromkeys(os.environ), **env}
+    return start(exactly, workdir, command=command, cwd=cwd, ready_path="/readyz")
 
 
 def self_signed_certificate(directory: Path, host: str = "localhost") -> tuple[Path, Path]:

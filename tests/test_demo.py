@@ -45,9 +45,9 @@ def test_demo_receiver_starts_without_the_deploy_directory(redis_server, tmp_pat
     from receiver import demo
 
     monkeypatch.chdir(tmp_path)  # no deploy/ here: the settings come from the package
-    process, url = demo.start_receiver(redis_server.url, "token", tmp_path)
+    receiver = demo.start_receiver(redis_server.url, "token", tmp_path)
     try:
-        assert requests.get(url + "/readyz", timeout=5).json()["status"] == "ready"
+        assert requests.get(receiver.url + "/readyz", timeout=5).json()["status"] == "ready"
     finally:
-        demo.stop_process(process)
-    assert process.returncode is not None
+        receiver.stop()
+    assert receiver.process.returncode is not None

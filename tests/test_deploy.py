@@ -73,9 +73,7 @@ def signed_post(base: str, call_sid: str, public_base: str | None = None, **kwar
 def test_procfile_web_command_starts_the_app(base_env, tmp_path, call_sid):
     command = procfile_command(ROOT / "Procfile")
     assert "deploy/gunicorn.conf.py" in command  # which binds $PORT
-    started = start_until_ready(
-        ["sh", "-c", f"exec {command}"], base_env, ROOT, tmp_path / "procfile.log"
-    )
+    started = start_until_ready(["sh", "-c", f"exec {command}"], base_env, ROOT, tmp_path)
     try:
         assert signed_post(started.url, call_sid).json() == {"outcome": "stored"}
     finally:
@@ -99,7 +97,7 @@ def test_dockerfile_starts_the_app_as_the_image_would(base_env, tmp_path, call_s
     assert stage.env.get("SPOOL_DIR", "").startswith("/var/lib/"), "the image names its spool"
     env["SPOOL_DIR"] = str(tmp_path / "image" / stage.env["SPOOL_DIR"].lstrip("/"))
     command = stage.entrypoint + stage.cmd
-    started = start_until_ready(command, env, app_dir, tmp_path / "docker.log")
+    started = start_until_ready(command, env, app_dir, tmp_path)
     try:
         assert signed_post(started.url, call_sid).json() == {"outcome": "stored"}
         health = subprocess.run(stage.healthcheck, env=env, cwd=app_dir, timeout=30)
