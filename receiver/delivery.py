@@ -28,6 +28,7 @@ from typing import Literal
 import redis
 from flask import Flask, current_app
 
+from . import metrics
 from .events import Event
 from .spool import Record, Rejection, Spool
 from .streams import Outcome, Store
@@ -62,6 +63,7 @@ class Delivery:
             try:
                 outcome = self._to_redis(record)
             except redis.RedisError as error:
+                metrics.count_redis_error(error)
                 self._note_outage(error)
             else:
                 self._outage = False

@@ -26,17 +26,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# The outcomes of a callback, as the ``outcome`` label spells them.
-OUTCOMES = (
-    "stored",
-    "duplicate",
-    "rejected",
-    "signature_failure",
-    "wrong_account",
-    "storage_unavailable",
-    "bad_request",
-    "error",
-)
 # Event types Twilio documents; anything else is counted as "other" to bound label values.
 EVENT_TYPES = ("started", "content", "stopped", "error")
 

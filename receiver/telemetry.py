@@ -8,7 +8,6 @@ metrics observation and one structured log line. Nothing here reads transcript t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
@@ -96,8 +95,3 @@ def install(app: Flask, live: metrics.LiveState, callback_path: str) -> None:
         return Response(body, content_type=content_type)
 
     app.add_url_rule("/metrics", "metrics", metrics_view)
-
-
-def set_spool_depth(app: Flask, spool_depth: Callable[[], int]) -> None:
-    """The hook for the on-disk spool: report its depth as ``rtt_spool_depth``."""
-    app.extensions["metrics"].spool_depth = spool_depth

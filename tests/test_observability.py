@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,11 +119,17 @@ def test_redis_down_counts_errors_and_storage_unavailable(redis_client, call_sid
     assert ("rtt_calls_in_progress", ()) not in samples(after)
 
 
-def test_spool_depth_hook(app, client):
-    from receiver import telemetry
+def test_spool_depth_is_the_spools(settings, tmp_path, call_sid):
+    from receiver.events import parse
 
-    telemetry.set_spool_depth(app, lambda: 7)
-    assert value(client.get("/metrics").get_data(as_text=True), "rtt_spool_depth") == 7
+    spooled = replace(settings, spool_dir=str(tmp_path / "spool"))
+    app = create_app(spooled)
+    app.extensions["receiver_drainer"].stop()  # so that the record waits for the scrape
+    spool = app.extensions["receiver"].delivery.spool
+    params = content(call_sid, sid("GT"), 1, "waiting for Redis")
+    spool.append(parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00Z"))
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert value(text, "rtt_spool_depth") == 1
 
 
 def test_one_json_line_per_callback_without_secrets(app, client, call_sid, capsys):
