@@ -6,15 +6,19 @@ slots of their own, and their names are promised to users. So on a cluster an ev
 in three steps, each one atomic script in one slot, each idempotent:
 
 1. the call's slot (``cluster_call.lua``): exactly-once check, call stream, finals, labels,
-   transcription states. For a duplicate it returns the original entry and the call's state.
+   transcription states. For a duplicate it returns the original entry (unless it is known to
+   be in ``rtt:events``) and the call's state.
 2. the global stream's slot (``cluster_events.lua``): append to ``rtt:events`` unless this
-   call entry was appended before (``{rtt:events}:seen``, same slot by its hash tag).
+   call entry was appended in the last hour (``{rtt:events}:seen``, same slot by its hash tag);
+   then, back in the call's slot, mark the entry published (``…:published``), so that a retry
+   or a spool replay, however late, does not ask again (a window cannot hold every entry ever
+   appended, the call's own keys can: they expire with the call).
 3. the index's slot (``cluster_active.lua``): add or remove the call in ``rtt:calls:active``
    unless a newer state of that call was applied before (``{rtt:calls:active}:versions``).
 
 Steps 2 and 3 run for duplicates too: if a receiver died between the steps, Twilio got no 2xx
-and retries, and the retry completes what the first delivery started. The answer is sent only
-after all three steps, so a 2xx still means "stored everywhere".
+and retries, or the spool replays the event, and that completes what the first delivery
+started. The answer is sent only after all the steps, so a 2xx still means "stored everywhere".
 """
 
 from __future__ import annotations
@@ -35,9 +39,14 @@ from .streams import Keys, Outcome, Store, lua, store_args
 CALL_SCRIPT = lua("call_store.lua", "cluster_call.lua")
 EVENTS_SCRIPT = lua("cluster_events.lua")
 ACTIVE_SCRIPT = lua("cluster_active.lua")
-# How long step 2 remembers which call entries it appended: a retry later than this (Twilio
-# stops retrying after at most 15 s) is taken as already appended.
+# How long step 2 remembers which call entries it appended. It only has to cover the moment
+# between its append and the published mark in the call's slot: later, step 1 knows.
 EVENTS_DEDUP_WINDOW_MS = 3600 * 1000
+PUBLISHED_SCRIPT = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class ClusterKeys:
     def entries(self, call_sid: str) -> str:
         return f"{self.keys.call(call_sid)}:entries"
 
+    def published(self, call_sid: str) -> str:
+        return f"{self.keys.call(call_sid)}:published"
+
     def call_keys(self, call_sid: str) -> list[str]:
         """The KEYS of ``cluster_call.lua``, in its order: all in the call's slot."""
         k = self.keys
@@ -68,6 +80,7 @@ class ClusterKeys:
             k.finals(call_sid),
             k.transcriptions(call_sid),
             self.entries(call_sid),
+            self.published(call_sid),
         ]
 
 
@@ -125,13 +138,14 @@ def _text(value: bytes | str) -> str:
 
 @dataclass
 class ClusterStore(Store):
-    """``Store`` for a Redis Cluster: three round trips per event instead of one."""
+    """``Store`` for a Redis Cluster: four round trips per event instead of one."""
 
     def __post_init__(self) -> None:
         self.cluster_keys = ClusterKeys(self.keys)
         self._call = self.client.register_script(CALL_SCRIPT)
         self._events = self.client.register_script(EVENTS_SCRIPT)
         self._active = self.client.register_script(ACTIVE_SCRIPT)
+        self._published = self.client.register_script(PUBLISHED_SCRIPT)
 
     def append(self, event: Event) -> Outcome:
         args = store_args(
@@ -152,6 +166,10 @@ class ClusterStore(Store):
                     entry_id,
                     *fields,
                 ],
+            )
+            self._published(
+                keys=[self.cluster_keys.published(event.call_sid)],
+                args=[_text(entry_id), self.retention_seconds],
             )
         self._active(
             keys=[self.keys.active_calls, self.cluster_keys.active_versions],

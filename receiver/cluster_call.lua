@@ -3,12 +3,14 @@
 --
 -- KEYS[1] call stream   KEYS[2] seen set   KEYS[3] labels hash   KEYS[4] finals sorted set
 -- KEYS[5] transcriptions hash   KEYS[6] entries hash (dedup key -> call stream entry id)
+-- KEYS[7] published set (call entry ids known to be in the global stream)
 -- ARGV as in store.lua.
 --
 -- Returns {stored (1 | 0), entry id, state id, in progress (1 | 0), field, value, ...}:
 -- the entry for the global stream (step 2) and the call's state for the index (step 3). For a
--- duplicate these are the ORIGINAL entry and the current state, so that a retry heals a crash
--- between the steps. The state id is the call stream's latest entry id: it orders the states
+-- duplicate these are the ORIGINAL entry, unless step 2 is known to have appended it, and the
+-- current state, so that a retry or a replay from the spool heals a crash between the steps,
+-- however late it comes. The state id is the call stream's latest entry id: it orders the states
 -- of one call, whichever receiver applies them.
 
 local id, fields, active = store_call({
@@ -29,7 +31,7 @@ if not original then
   return {0, '', state_id, in_progress}
 end
 local entry = redis.call('XRANGE', KEYS[1], original, original)[1]
-if not entry then
+if not entry or redis.call('SISMEMBER', KEYS[7], original) == 1 then
   return {0, '', state_id, in_progress}
 end
 return {0, original, state_id, in_progress, unpack(entry[2])}

@@ -6,16 +6,12 @@
 -- ARGV[1] MAXLEN   ARGV[2] member (CallSid/entry id)   ARGV[3] call stream entry id
 -- ARGV[4] dedup window, ms   ARGV[5..] field, value, ... of the entry (call_entry_id first)
 --
--- Returns the global entry id, or false when it was appended before (or is older than the
--- window: then step 2 ran long ago, since every retry re-runs it).
+-- Returns the global entry id, or false when it was appended within the window. Beyond the
+-- window, step 1 knows (the published set, written by step 2b) and does not ask again.
 
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local window = tonumber(ARGV[4])
-local entry_ms = tonumber(string.match(ARGV[3], '^(%d+)-'))
-if entry_ms and entry_ms < now_ms - window then
-  return false
-end
 if redis.call('ZADD', KEYS[2], 'NX', now_ms, ARGV[2]) == 0 then
   return false
 end

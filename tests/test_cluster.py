@@ -4,6 +4,7 @@ finals, the index of calls in progress, dead letters, and healing a crash betwee
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from receiver import create_app
+from receiver import cluster, create_app
 from receiver.cluster import ClusterKeys, ClusterStore
 from receiver.config import Settings, load_settings
 from receiver.embedded import free_port
@@ -231,15 +232,21 @@ def test_concurrent_duplicates_on_a_cluster_land_once(
     assert cluster_client.zcard(KEYS.finals(far_call_sid)) == 1
 
 
-def test_step_two_forgets_after_its_window(cluster_app, cluster_client, far_call_sid):
-    """A 'duplicate' for an entry older than the window is taken as appended long ago."""
+def test_a_late_replay_still_reaches_the_global_stream(
+    cluster_app, cluster_client, far_call_sid, monkeypatch
+):
+    """Step 1 stored, step 2 never ran, and the replay (say from the spool, after an outage)
+    comes after step 2's window: still appended, once; and once step 2 is known done, later
+    replays do not append again although the window has forgotten it."""
+    monkeypatch.setattr(cluster, "EVENTS_DEDUP_WINDOW_MS", 1)
     store: ClusterStore = cluster_app.extensions["receiver"].store
-    keys = [KEYS.events, store.cluster_keys.events_seen]
-    old = store._events(keys=keys, args=[1000, f"{far_call_sid}/1-0", "1-0", 3_600_000, "a", "b"])
-    assert old is None
-    assert cluster_client.xlen(KEYS.events) == 0
-    recent = f"{cluster_client.time()[0] * 1000}-0"
-    args = [1000, f"{far_call_sid}/{recent}", recent, 3_600_000, "call_entry_id", recent]
-    assert store._events(keys=keys, args=args) is not None
-    assert store._events(keys=keys, args=args) is None
+    params = content(far_call_sid, sid("GT"), 3, "spooled during an outage")
+    event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
+    args = store_args(event, retention_seconds=600, events_maxlen=1000)
+    assert store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)[0] == 1
+    time.sleep(0.05)  # the entry is now older than the window
+    assert store.append(event) == "duplicate"
+    assert cluster_client.xlen(KEYS.events) == 1
+    time.sleep(0.05)
+    assert store.append(event) == "duplicate"
     assert cluster_client.xlen(KEYS.events) == 1
