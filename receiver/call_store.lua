@@ -26,7 +26,6 @@ local function store_call(k)
   if event == 'started' then
     if ARGV[14] ~= '' then redis.call('HSET', k.labels, tsid .. ':inbound', ARGV[14]) end
     if ARGV[15] ~= '' then redis.call('HSET', k.labels, tsid .. ':outbound', ARGV[15]) end
-    redis.call('EXPIRE', k.labels, retention)
   end
 
   local fields = {}
@@ -67,8 +66,11 @@ local function store_call(k)
       transcription_sid = tsid, sequence_id = tonumber(ARGV[12]), track = track,
       track_label = label, transcript = text, confidence = confidence, entry_id = id,
     }))
-    redis.call('EXPIRE', k.finals, retention)
   end
+  -- Every key of the call lives as long as the call's latest event (EXPIRE of a key that does
+  -- not exist does nothing), so labels and finals never expire before the stream does.
+  redis.call('EXPIRE', k.labels, retention)
+  redis.call('EXPIRE', k.finals, retention)
 
   -- Most events belong to a transcription already marked active: then nothing is rewritten
   -- and the call's other transcriptions are not looked at.

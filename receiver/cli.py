@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, load_settings, redact_url
+from .config import ConfigError, int_setting, load_settings, redact_url
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .serving import GUNICORN_CONFIG
 from .webhooks import CALLBACK_PATH
@@ -25,6 +25,9 @@ def main() -> None:
 def _check_settings(env: dict[str, str]) -> None:
     try:
         load_settings(env)
+        # gunicorn reads WEB_CONCURRENCY itself and fails on a bad one with a bare traceback.
+        int_setting(env, "WEB_CONCURRENCY", 2, 1)
+        int_setting(env, "GUNICORN_THREADS", 4, 1)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
 

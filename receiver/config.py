@@ -58,7 +58,8 @@ def redact_url(url: str | None) -> str | None:
     return parts._replace(netloc=netloc).geturl()
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def int_setting(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    """A whole-number setting, or a ConfigError that names the variable and the value."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -147,17 +148,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         auth_tokens=tokens,
         account_sid=account_sid,
         public_base_url=_public_base_url(env),
-        proxy_hops=_int(env, "PROXY_HOPS", 0, 0),
+        proxy_hops=int_setting(env, "PROXY_HOPS", 0, 0),
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         stream_prefix=prefix,
-        events_maxlen=_int(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
-        rejected_maxlen=_int(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
-        call_retention_seconds=_int(
+        events_maxlen=int_setting(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
+        rejected_maxlen=int_setting(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
+        call_retention_seconds=int_setting(
             env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
         ),
-        max_body_bytes=_int(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
+        max_body_bytes=int_setting(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
         spool_dir=_spool_dir(env),
-        spool_max_bytes=_int(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),
-        redis_timeout_ms=_int(env, "REDIS_TIMEOUT_MS", Settings.redis_timeout_ms, 10),
+        spool_max_bytes=int_setting(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),
+        redis_timeout_ms=int_setting(env, "REDIS_TIMEOUT_MS", Settings.redis_timeout_ms, 10),
     )

@@ -175,7 +175,7 @@ class Drainer:
                         log.info("spool drained: %d records replayed into redis", count)
                     return True
                 continue
-            confirmed, end = 0, 0
+            confirmed, end = count, 0  # records confirmed so far; this batch has none yet
             try:
                 for entry in entries:
                     if self._stop.is_set():

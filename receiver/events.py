@@ -59,7 +59,8 @@ CONTENT_PARAMS = ("Track", "TranscriptionData", "Final", "Stability", "LanguageC
 ERROR_PARAMS = {"TranscriptionErrorCode": "error_code", "TranscriptionError": "error_message"}
 
 MAX_VALUE_LENGTH = 64 * 1024
-MAX_SEQUENCE_ID = 2**53 - 1
+# Below 10^14: sorted-set scores are doubles, and Lua's cjson writes 14 significant digits.
+MAX_SEQUENCE_ID = 10**14 - 1
 
 
 class InvalidEvent(ValueError):
@@ -88,7 +89,7 @@ class Event:
     call_sid: str
     transcription_sid: str
     sequence_id: int | None
-    timestamp: str
+    timestamp: str | None
     received_at: str
     # content
     track: str | None = None
@@ -144,7 +145,6 @@ def _sequence_id(params: Mapping[str, Sequence[str]]) -> int | None:
     if not raw.isascii() or not raw.isdigit():
         raise InvalidEvent("SequenceId", raw, "must be a non-negative integer")
     if len(raw) > 16 or int(raw) > MAX_SEQUENCE_ID:
-        # Sorted-set scores and Lua numbers are doubles: larger integers lose their order.
         raise InvalidEvent("SequenceId", raw, f"must be at most {MAX_SEQUENCE_ID}")
     return int(raw)
 
@@ -183,6 +183,11 @@ def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, obj
         raise InvalidEvent("TranscriptionData", raw, "is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidEvent("TranscriptionData", raw, "must be a JSON object")
+    try:
+        # JSON may escape half of a surrogate pair ("\ud800"): text no UTF-8 store can hold.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidEvent("TranscriptionData", raw, "holds an unpaired surrogate") from None
     transcript = data.get("transcript", "")
     if not isinstance(transcript, str):
         raise InvalidEvent("TranscriptionData", raw, "'transcript' must be a string")
@@ -266,7 +271,7 @@ def parse(
         call_sid=call_sid,
         transcription_sid=transcription_sid,
         sequence_id=sequence_id,
-        timestamp=_one(params, "Timestamp") or "",
+        timestamp=_one(params, "Timestamp") or None,
         received_at=received_at,
         extra=extra,
         url_labels=url_labels,

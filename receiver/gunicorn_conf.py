@@ -39,6 +39,8 @@ import shutil
 import sys
 import tempfile
 
+from receiver.config import ConfigError, int_setting
+
 # Set before any worker imports prometheus_client, which reads it at import time. The second
 # variable marks the directory as ours, also across a configuration reload (SIGHUP).
 _OWNED_METRICS_DIR = "RTT_OWNED_METRICS_DIR"
@@ -50,16 +52,24 @@ bind = (
     os.environ.get("BIND")
     or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 )
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+try:
+    workers = int_setting(os.environ, "WEB_CONCURRENCY", 2, 1)
+    threads = int_setting(os.environ, "GUNICORN_THREADS", 4, 1)
+except ConfigError as error:
+    raise SystemExit(f"rtt-receiver: {error}") from None
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
 timeout = 30
 graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
 # Bounded request parsing: Twilio's callbacks are small.
+# GET callbacks carry every parameter in the request line: one longer than this is refused by
+# gunicorn with a 414 that Twilio does not retry, so prefer StatusCallbackMethod=POST (README).
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+# X-Forwarded-* are trusted by ProxyFix alone, for exactly PROXY_HOPS hops; gunicorn would
+# otherwise apply X-Forwarded-Proto from any client on loopback, even with PROXY_HOPS=0.
+forwarded_allow_ips = ""
 accesslog = None
 errorlog = "-"
 # Several receivers may run on one host (tests, blue/green): no shared control socket.

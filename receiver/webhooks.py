@@ -138,7 +138,8 @@ def _answer(outcome: str) -> Response:
     return current_app.response_class(body, status, mimetype="application/json")
 
 
-@bp.route(CALLBACK_PATH, methods=["GET", "POST"])
+# No automatic OPTIONS answer: it would be a 200 that no signature checked (and counted).
+@bp.route(CALLBACK_PATH, methods=["GET", "POST"], provide_automatic_options=False)
 def callback():
     app, req = _receiver(), request._get_current_object()  # one proxy lookup, not dozens
     params = _verify(req, app.settings)

@@ -153,6 +153,27 @@ def test_event_without_sequence_id_is_deduplicated_by_content(client, redis_clie
     assert "sequence_id" not in call_entries(redis_client, call_sid)[0]
 
 
+def test_parameters_not_sent_are_absent_not_empty(client, redis_client, call_sid):
+    params = callback("stopped", call_sid, sid("GT"), 4)
+    del params["Timestamp"]
+    assert post(client, params).status_code == 200
+    entry = call_entries(redis_client, call_sid)[0]
+    assert "timestamp" not in entry
+    assert "" not in entry.values()
+
+
+def test_every_key_of_a_call_lives_as_long_as_its_latest_event(client, redis_client, call_sid):
+    gt = sid("GT")
+    post(client, callback("started", call_sid, gt, 1, InboundTrackLabel="customer"))
+    post(client, content(call_sid, gt, 2, "a final"))
+    prefix = f"rtt:call:{{{call_sid}}}"
+    for suffix in ("", ":seen", ":labels", ":finals", ":transcriptions"):
+        redis_client.expire(prefix + suffix, 5)
+    post(client, content(call_sid, gt, 3, "a partial", final=False))
+    for suffix in ("", ":seen", ":labels", ":finals", ":transcriptions"):
+        assert redis_client.ttl(prefix + suffix) > 5, suffix
+
+
 class TestTrackLabels:
     def test_label_sent_in_track_is_kept_and_mapped(self, client, redis_client, call_sid):
         gt = sid("GT")
@@ -362,6 +383,8 @@ class TestBadInput:
             ({"SequenceId": "seven"}, "SequenceId"),
             ({"SequenceId": "-1"}, "SequenceId"),
             ({"SequenceId": str(2**53)}, "SequenceId"),
+            ({"SequenceId": str(10**14)}, "SequenceId"),
+            ({"TranscriptionData": '{"transcript": "caf\\ud800"}'}, "TranscriptionData"),
             ({"SequenceId": "\uff11\uff12"}, "SequenceId"),  # full-width digits
             ({"Final": "maybe"}, "Final"),
             ({"TranscriptionEvent": None}, "TranscriptionEvent"),
@@ -391,7 +414,7 @@ class TestBadInput:
         assert post(client, params).status_code == 413
         assert redis_client.keys("*") == []
 
-    @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+    @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
     def test_wrong_method_is_405(self, client, method):
         response = client.open(CALLBACK_PATH, method=method)
         assert response.status_code == 405

@@ -76,3 +76,20 @@ def test_gunicorn_refuses_to_start_without_a_token(start_receiver):
         assert "TWILIO_AUTH_TOKEN" in str(error)
     else:
         raise AssertionError("gunicorn started without a token")
+
+
+def test_forwarded_headers_are_not_trusted_without_proxy_hops(
+    start_receiver, redis_client, call_sid
+):
+    """gunicorn itself would apply X-Forwarded-Proto from loopback clients: it must not."""
+    server = start_receiver()
+    params = content(call_sid, sid("GT"), 1, "x")
+    public = server.url.replace("http://", "https://") + CALLBACK_PATH
+    response = requests.post(
+        server.url + CALLBACK_PATH,
+        data=params,
+        headers={"X-Twilio-Signature": sign(public, params), "X-Forwarded-Proto": "https"},
+        timeout=5,
+    )
+    assert response.status_code == 403
+    assert redis_client.dbsize() == 0
