@@ -32,6 +32,7 @@ import random
 import re
 import secrets
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -299,14 +300,16 @@ def run_wrk(
 class _Connection:
     """One keep-alive HTTP/1.1 connection that sends raw requests and reads whole answers."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.tls = host, port, tls
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def exchange(self, raw: bytes) -> int:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.reader, self.writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.tls
+            )
         assert self.reader is not None
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -342,7 +345,9 @@ async def _python_phase(
     sampled: frozenset[str],
 ) -> tuple[list[int], Counter, int, int, float, int, dict[tuple[str, int], int]]:
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    https = parts.scheme == "https"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if https else 80)
+    tls = ssl.create_default_context() if https else None
     latencies: list[int] = []
     statuses: Counter = Counter()
     sent_at: dict[tuple[str, int], int] = {}
@@ -352,7 +357,7 @@ async def _python_phase(
     total = len(traffic) if rate is None else min(len(traffic), int(rate * seconds))
 
     async def worker(slot: int) -> None:
-        conn = _Connection(host, port)
+        conn = _Connection(host, port, tls)
         index = slot
         while True:
             if rate is None:
@@ -372,7 +377,9 @@ async def _python_phase(
             callback = traffic[index % len(traffic)]
             if callback.call_sid in sampled:
                 sent_at[(callback.call_sid, callback.sequence_id)] = time.time_ns()
-            began = time.perf_counter_ns()
+            # Open loop: from the due time, so that waiting behind a slow answer on this
+            # connection counts (no coordinated omission). Closed loop: from the send.
+            began = time.perf_counter_ns() if rate is None else int(due * 1e9)
             try:
                 status = await conn.exchange(callback.raw)
             except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -568,6 +575,9 @@ class Report:
         p99 = self.fixed_rate.latency_ms["p99"] if self.fixed_rate else None
         e2e = self.end_to_end_ms["p99"] if self.end_to_end_ms else None
         offered = self.fixed_rate.offered_rate if self.fixed_rate else None
+        achieved = self.fixed_rate.requests_per_second if self.fixed_rate else None
+        # A latency goal "at 1,000 req/s" is judged only when about that rate was achieved.
+        held = offered == GOAL_RATE and achieved is not None and achieved >= 0.95 * GOAL_RATE
         goals = [
             {
                 "goal": f"throughput >= {GOAL_RATIO}x the empty route",
@@ -578,13 +588,15 @@ class Report:
                 "goal": f"p99 latency < {GOAL_P99_MS} ms at {GOAL_RATE} req/s offered",
                 "measured": p99,
                 "offered": offered,
-                "met": None if p99 is None or offered != GOAL_RATE else p99 < GOAL_P99_MS,
+                "achieved": achieved,
+                "met": None if p99 is None or not held else p99 < GOAL_P99_MS,
             },
             {
                 "goal": f"end-to-end p99 < {GOAL_E2E_P99_MS} ms at {GOAL_RATE} req/s offered",
                 "measured": e2e,
                 "offered": offered,
-                "met": None if e2e is None or offered != GOAL_RATE else e2e < GOAL_E2E_P99_MS,
+                "achieved": achieved,
+                "met": None if e2e is None or not held else e2e < GOAL_E2E_P99_MS,
             },
         ]
         return {
@@ -765,8 +777,9 @@ def measure(
         if phase.late_sends > phase.requests / 100:
             report.notes.append(
                 f"{phase.late_sends} of {phase.requests} fixed-rate requests left more than 5 ms "
-                "after their due time: the generator itself was short of CPU, so the offered "
-                "rate was not held evenly (latencies are measured from the actual send)"
+                "after their due time (the generator short of CPU, or its connection still "
+                "waiting for a slow answer); latencies count from the due time, so they include "
+                "that wait"
             )
     if redis_url:
         report.stored = _stored(redis_url, options.prefix, all_calls)

@@ -156,3 +156,41 @@ def test_table_names_every_figure(capsys: pytest.CaptureFixture[str]):
     out = " ".join(capsys.readouterr().out.split())
     for text in ("0.75x", "750 at 4.0 callbacks/s", "40.0 MiB", "41.0 MiB", "3000 of 3000"):
         assert text in out
+
+
+def test_fixed_rate_latency_counts_from_the_due_time(tmp_path):
+    """Against a server slower than the offered rate, the open-loop latency grows with the
+    backlog (measured from each request's due time), instead of showing the service time."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from receiver.bench import Callback, run_python
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(0.05)
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        raw = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nok"
+        traffic = [Callback(raw, "CA" + "0" * 32, n) for n in range(40)]
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        phase, _ = run_python("slow", url, traffic, seconds=1.0, connections=1, rate=40)
+    finally:
+        server.shutdown()
+    assert phase.statuses == {"204": 40}
+    assert phase.requests_per_second < 30  # 20 answers a second at most: the rate was not held
+    # Request i is due at i x 25 ms but answered at about (i + 1) x 50 ms: the last ones wait
+    # about a second. Measured from the send, every latency would be about 50 ms.
+    assert phase.latency_ms["p99"] > 500
