@@ -67,7 +67,7 @@ class TranscriptionSettings:
     inbound_track_label: str | None = None
     outbound_track_label: str | None = None
     partial_results: bool = False
-    language_code: str = "en-US"
+    language_code: str | None = None  # None: the script's language_code
     transcription_engine: str = "google"
     speech_model: str = "telephony"
     profanity_filter: bool = True
@@ -212,7 +212,7 @@ def _provider_configuration(settings: TranscriptionSettings) -> str:
 def _started(settings: TranscriptionSettings) -> dict[str, str]:
     params = {
         "Track": settings.track,
-        "LanguageCode": settings.language_code,
+        "LanguageCode": settings.language_code or "en-US",
         "TranscriptionEngine": settings.transcription_engine,
         "PartialResults": _bool(settings.partial_results),
         "ProviderConfiguration": _provider_configuration(settings),
@@ -243,7 +243,7 @@ def _content(
         "Track": label if faults.track_as_label and label else TRACK_PARAM[track],
         "TranscriptionData": json.dumps(data, ensure_ascii=False),
         "Final": _bool(final),
-        "LanguageCode": settings.language_code,
+        "LanguageCode": settings.language_code or "en-US",
     }
     if not final:
         params["Stability"] = f"{stability:.2f}"
@@ -300,7 +300,12 @@ def events(
     script: Script, settings: TranscriptionSettings, identity: Identity, faults: Faults = Faults()
 ) -> list[Callback]:
     """Every callback of the transcription in the order things happen, before delivery faults:
-    started, content for the chosen tracks, an error when asked, and stopped at the end."""
+    started, content for the chosen tracks, an error when asked, and stopped at the end.
+
+    The script's ``language_code`` is what the speakers speak: it is the LanguageCode sent
+    unless the transcription was started with one of its own."""
+    if settings.language_code is None:
+        settings = replace(settings, language_code=script.language_code)
     tracks = settings.tracks()
     happened: list[tuple[float, str, dict[str, str]]] = [(0.0, "started", _started(settings))]
     for utterance in script.utterances:
@@ -310,7 +315,8 @@ def events(
     end = script.length
     if faults.error_at is not None:
         end = min(end, faults.error_at)
-        happened = [h for h in happened if h[0] < end]
+        # started is always delivered first, even for an error at 0 s.
+        happened = happened[:1] + [h for h in happened[1:] if h[0] < end]
         error = {
             "TranscriptionErrorCode": faults.error_code,
             "TranscriptionError": faults.error_message,
@@ -330,7 +336,7 @@ def deliver(callbacks: list[Callback], faults: Faults) -> list[Callback]:
     sent: list[Callback] = []
     for callback in callbacks:
         if faults.delay and rng.random() < faults.delay:
-            lag = rng.uniform(0.2, max(0.2, faults.max_delay))
+            lag = rng.uniform(0.0, faults.max_delay)
             callback = replace(callback, send_at=callback.send_at + lag, note="delayed")
         sent.append(callback)
         if faults.duplicates and rng.random() < faults.duplicates:

@@ -20,8 +20,13 @@ from . import signature
 from .conversation import Callback, Identity, stop_early
 
 USER_AGENT = "TwilioProxy/1.1"
-# Twilio retries these answers (error 17580); other 4xx are final.
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Twilio retries every 5xx and these 4xx answers (error 17580); other 4xx are final.
+RETRIED_CLIENT_ERRORS = frozenset({408, 425, 429})
+
+
+def is_retried(status: int) -> bool:
+    """Whether Twilio would send the callback again after this answer."""
+    return status >= 500 or status in RETRIED_CLIENT_ERRORS
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def send(
             )
             status, error = response.status_code, None
             response.close()
-            if status not in RETRY_STATUSES:
+            if not is_retried(status):
                 break
         except requests.RequestException as exc:
             status, error = None, type(exc).__name__

@@ -155,3 +155,37 @@ def test_timestamps_are_wall_clock_at_any_speed():
     utterance = load_script().utterances[0]
     seconds = (utterance.at + utterance.duration) / 10.0
     assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}Z"
+
+
+def test_script_language_is_the_default_language_code():
+    script = parse_script(
+        {"language_code": "fr-FR", "utterances": [{"track": "inbound", "at": 0, "text": "bonjour"}]}
+    )
+    plan = events(script, SETTINGS, IDENTITY)
+    assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"fr-FR"}
+    chosen = TranscriptionSettings("http://127.0.0.1:9/cb", language_code="de-DE")
+    plan = events(script, chosen, IDENTITY)
+    assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"de-DE"}
+    english = events(load_script(), SETTINGS, IDENTITY)
+    assert {c.params["LanguageCode"] for c in english if "LanguageCode" in c.params} == {"en-US"}
+
+
+def test_max_delay_zero_delays_nothing():
+    base = events(load_script(), SETTINGS, IDENTITY)
+    sent = deliver(base, Faults(delay=1.0, max_delay=0.0, seed=5))
+    assert [(c.sequence_id, c.send_at) for c in sent] == [(c.sequence_id, c.send_at) for c in base]
+    lags = [
+        late.send_at - late.event_at
+        for late in deliver(base, Faults(delay=1.0, max_delay=0.1, seed=5))
+    ]
+    assert all(0 <= lag <= 0.1 for lag in lags)
+
+
+def test_error_at_zero_still_starts():
+    plan = events(load_script(), SETTINGS, IDENTITY, Faults(error_at=0.0))
+    assert [c.event for c in plan] == [
+        "transcription-started",
+        "transcription-error",
+        "transcription-stopped",
+    ]
+    assert [c.sequence_id for c in plan] == [1, 2, 3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -12,8 +13,9 @@ import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
-from receiver.conversation import load_script
+from receiver.conversation import Identity, TranscriptionSettings, events, load_script
 from receiver.emulator import Emulator, EmulatorServer
+from receiver.playback import send
 
 from .callback_sink import CallbackSink
 from .twilio_calls import sid
@@ -300,3 +302,25 @@ def test_retries_what_twilio_retries(emulator: EmulatorServer, twilio: Client, s
     tokens = {r.headers["I-Twilio-Idempotency-Token"] for r in got if r.params["SequenceId"] == "1"}
     assert len(tokens) == 1
     assert all("#" not in r.url for r in got)
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"),
+    [(500, 3), (501, 3), (505, 3), (599, 3), (408, 3), (425, 3), (429, 3), (404, 1), (400, 1)],
+)
+def test_retries_every_5xx_and_408_425_429(sink, status: int, attempts: int):
+    identity = Identity(sid("AC"), sid("CA"), sid("GT"), datetime.now(UTC))
+    settings = TranscriptionSettings(sink.url, track="inbound_track")
+    first = events(load_script(), settings, identity)[0]
+    sink.status = status
+    with requests.Session() as session:
+        delivery = send(
+            session,
+            first,
+            url=sink.url + "#rc=2",
+            method="POST",
+            auth_token=sink.token,
+            idempotency_token="token",
+        )
+    assert (delivery.status, delivery.attempts) == (status, attempts)
+    assert len(sink.received) == attempts
