@@ -53,8 +53,10 @@ def follow(
     ready: Callable[[], None] = lambda: None,
     block_ms: int = BLOCK_MS,
     retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
+    finished: Callable[[], bool] = lambda: False,
 ) -> Iterator[Entry]:
-    """Every entry of ``key`` after the starting point, forever, across Redis restarts."""
+    """Every entry of ``key`` after the starting point, across Redis restarts, until a read
+    finds nothing new for ``block_ms`` while ``finished()`` holds (by default: forever)."""
     last: str | None = "0-0" if from_start else None
     failures = 0
     announced = False
@@ -71,6 +73,16 @@ def follow(
                 status(f"Reconnected to Redis at {redact_url(url)}; resuming after entry {last}.")
                 failures = 0
             answer = client.xread({key: last}, count=200, block=block_ms)
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
+            # A subclass of ConnectionError, but retrying cannot fix a wrong password or user.
+            raise click.ClickException(
+                f"Redis at {redact_url(url)} refused the credentials ({type(error).__name__}: "
+                f"{error}); check the user name and password in --redis-url or $REDIS_URL."
+            ) from None
+        except redis.exceptions.NoPermissionError as error:
+            raise click.ClickException(
+                f"Redis at {redact_url(url)}: the user may not read {key} ({error})."
+            ) from None
         except (redis.ConnectionError, redis.TimeoutError) as error:
             if not failures:
                 status(
@@ -80,6 +92,8 @@ def follow(
             time.sleep(retry_delays[min(failures, len(retry_delays) - 1)])
             failures += 1
             continue
+        if not answer and finished():
+            return
         for _stream, entries in answer or ():
             for entry_id, fields in entries:
                 last = entry_id
@@ -88,19 +102,24 @@ def follow(
 
 @dataclass
 class Stopper:
-    """Knows when every transcription seen has stopped (for ``--until-stopped``)."""
+    """Knows when every transcription seen has stopped (for ``--until-stopped``).
+
+    A stopped transcription stays stopped: a content delivered late (Twilio does not promise
+    order) is still shown, but never makes the tail wait for a second ``stopped``."""
 
     active: set[str] = field(default_factory=set)
-    seen_stop: bool = False
+    stopped: set[str] = field(default_factory=set)
 
-    def done_after(self, fields: dict[str, str]) -> bool:
+    def record(self, fields: dict[str, str]) -> None:
         sid = fields.get("transcription_sid", "")
         if fields.get("event") == "stopped":
             self.active.discard(sid)
-            self.seen_stop = True
-        else:
+            self.stopped.add(sid)
+        elif sid not in self.stopped:
             self.active.add(sid)
-        return self.seen_stop and not self.active
+
+    def done(self) -> bool:
+        return bool(self.stopped) and not self.active
 
 
 def short_call(call_sid: str) -> str:
@@ -159,30 +178,59 @@ def event_line(fields: dict[str, str]) -> Text:
     return line
 
 
+def sequence(fields: dict[str, str]) -> int | None:
+    raw = fields.get("sequence_id", "")
+    return int(raw) if raw.isdigit() else None
+
+
 @dataclass
 class Renderer:
-    """Turns entries into terminal output; ``live`` is set when partials can be rewritten."""
+    """Turns entries into terminal output; ``live`` is set when partials can be rewritten.
+
+    Callbacks may arrive out of order, so a partial is drawn only when it is newer (by
+    ``sequence_id``) than the final and the partial already seen on its track, and never once
+    its transcription has stopped: a late partial would otherwise stay on screen for good."""
 
     console: Console
     finals_only: bool
     live: Live | None = None
     partials: dict[tuple[str, str], Text] = field(default_factory=dict)
+    partial_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+    final_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)
 
     def show(self, fields: dict[str, str]) -> None:
         key = (fields.get("transcription_sid", ""), fields.get("track", ""))
+        seq = sequence(fields)
         if fields.get("event") == "content":
             if fields.get("final") == "false":
-                if self.live and not self.finals_only:
+                if self.live and not self.finals_only and self._is_news(key, seq):
                     self.partials[key] = utterance_line(fields, partial=True)
+                    if seq is not None:
+                        self.partial_seq[key] = seq
                     self._refresh()
                 return
-            self.partials.pop(key, None)
+            if seq is not None:
+                self.final_seq[key] = max(seq, self.final_seq.get(key, seq))
+            shown = self.partial_seq.get(key)
+            if seq is None or shown is None or shown <= self.final_seq[key]:
+                # A late final of an earlier utterance leaves the newer partial in place.
+                self.partials.pop(key, None)
             self._print(utterance_line(fields, partial=False))
             return
+        if fields.get("event") == "stopped":
+            self.stopped.add(key[0])
         if fields.get("event") in ("stopped", "error"):
             for pending in [k for k in self.partials if k[0] == key[0]]:
                 del self.partials[pending]
         self._print(event_line(fields))
+
+    def _is_news(self, key: tuple[str, str], seq: int | None) -> bool:
+        if key[0] in self.stopped:
+            return False
+        if seq is None:
+            return True
+        return seq > self.final_seq.get(key, -1) and seq > self.partial_seq.get(key, -1)
 
     def status(self, message: str) -> None:
         self._print(Text(message, style="bold yellow"))
@@ -219,15 +267,22 @@ def run(
         # On a terminal it belongs above the transcript; otherwise stdout is for data only.
         (out if out.is_terminal and not as_json else errors).print(following, style="dim")
 
+    # Once all have stopped, one more quiet read: late deliveries are still printed.
+    finished = stopper.done if until_stopped else (lambda: False)
     if as_json:
         for entry_id, fields in follow(
-            client, key, from_start=from_start, url=url, status=errors.print, ready=announce
+            client,
+            key,
+            from_start=from_start,
+            url=url,
+            status=errors.print,
+            ready=announce,
+            finished=finished,
         ):
             if not (finals_only and fields.get("final") == "false"):
                 sys.stdout.write(json.dumps({"entry_id": entry_id, **fields}) + "\n")
                 sys.stdout.flush()
-            if until_stopped and stopper.done_after(fields):
-                return
+            stopper.record(fields)
         return
     renderer = Renderer(out, finals_only)
     status = renderer.status if out.is_terminal else errors.print
@@ -236,11 +291,18 @@ def run(
         live.start()
         renderer.live = live
     try:
-        entries = follow(client, key, from_start=from_start, url=url, status=status, ready=announce)
+        entries = follow(
+            client,
+            key,
+            from_start=from_start,
+            url=url,
+            status=status,
+            ready=announce,
+            finished=finished,
+        )
         for _entry_id, fields in entries:
             renderer.show(fields)
-            if until_stopped and stopper.done_after(fields):
-                return
+            stopper.record(fields)
     finally:
         if live:
             renderer.partials.clear()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pexpect
@@ -259,3 +260,94 @@ def test_a_key_that_is_not_a_stream_is_a_clear_error(redis_client, redis_server)
     result = CliRunner().invoke(main, ["tail", "--redis-url", redis_server.url, "--from-start"])
     assert result.exit_code == 1
     assert "Error: rtt:events: WRONGTYPE" in result.output
+
+
+def run_tail(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """The tail in a subprocess: a tail that never exits fails the test instead of hanging it."""
+    return subprocess.run(
+        [*RECEIVER, "tail", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_until_stopped_ignores_content_delivered_after_stopped(client, redis_server, call_sid):
+    first, second = sid("GT"), sid("GT")
+    post(client, callback("started", call_sid, first, 1))
+    post(client, callback("started", call_sid, second, 1))
+    post(client, callback("stopped", call_sid, first, 3))
+    post(client, content(call_sid, second, 2, "second speaks"))
+    post(client, content(call_sid, first, 2, "late but real"))  # delivered after its stopped
+    post(client, callback("stopped", call_sid, second, 3))
+    args = ["--redis-url", redis_server.url, "--call", call_sid, "--from-start", "--json"]
+    done = run_tail(*args, "--until-stopped")
+    assert done.returncode == 0, done.stderr
+    shown = [json.loads(line).get("transcript") for line in done.stdout.splitlines()]
+    assert "late but real" in shown and "second speaks" in shown
+
+
+def test_until_stopped_prints_a_final_delivered_after_stopped(client, redis_server, call_sid):
+    gt = sid("GT")
+    tail = Tail(redis_server.url, "--call", call_sid, "--json", "--until-stopped")
+    try:
+        post(client, callback("started", call_sid, gt, 1))
+        post(client, callback("stopped", call_sid, gt, 3))
+        post(client, content(call_sid, gt, 2, "the last words"))
+        events = [json.loads(tail.line())["event"] for _ in range(3)]
+        tail.process.wait(10)
+    finally:
+        if tail.process.poll() is None:
+            tail.interrupt()
+    assert events == ["started", "stopped", "content"]
+    assert tail.process.returncode == 0
+
+
+def test_live_area_ignores_partials_older_than_what_is_shown(client, redis_server, call_sid):
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "30"}
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(
+        RECEIVER[0],
+        [*RECEIVER[1:], "tail", "--redis-url", redis_server.url, "--call", call_sid],
+        env=env,
+        dimensions=(30, 120),
+    )
+    screen = Terminal(child)
+    try:
+        screen.wait_for(lambda lines: any("Following" in line for line in lines))
+        gt = sid("GT")
+        post(client, callback("started", call_sid, gt, 1))
+        post(client, content(call_sid, gt, 3, "hello there"))
+        post(client, content(call_sid, gt, 2, "hello", final=False))  # after its final
+        post(client, content(call_sid, gt, 5, "how are you", final=False))
+        post(client, content(call_sid, gt, 4, "how", final=False))  # older than the one shown
+        post(client, content(call_sid, gt, 6, "fine", track="outbound_track"))
+        shown = screen.wait_for(lambda lines: any(line.endswith("fine") for line in lines))
+        partials = [line for line in shown if line.endswith("…")]
+        assert len(partials) == 1 and partials[0].endswith("how are you…"), shown
+        post(client, callback("stopped", call_sid, gt, 8))
+        post(client, content(call_sid, gt, 7, "late", final=False))  # after stopped
+        post(client, content(call_sid, gt, 9, "bye", track="outbound_track"))
+        shown = screen.wait_for(lambda lines: any(line.endswith("bye") for line in lines))
+        assert not any(line.endswith("…") for line in shown), shown
+        child.sendintr()
+        child.expect(pexpect.EOF, timeout=10)
+    finally:
+        child.close()
+
+
+def test_a_wrong_redis_password_is_a_clear_error(redis_client, redis_server):
+    user, secret = f"tail-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    redis_client.acl_setuser(user, enabled=True, passwords=[f"+{secret}"], commands=["+ping"])
+    try:
+        port = redis_server.url.rsplit(":", 1)[1].split("/")[0]
+        wrong = f"redis://{user}:not-{secret}@127.0.0.1:{port}/0"
+        done = run_tail("--redis-url", wrong)
+        assert done.returncode == 1, done.stderr
+        assert "refused the credentials" in done.stderr
+        assert f"not-{secret}" not in done.stdout + done.stderr
+        assert "reconnecting" not in done.stderr
+        allowed = f"redis://{user}:{secret}@127.0.0.1:{port}/0"
+        done = run_tail("--redis-url", allowed)  # right password, but no right to read
+        assert done.returncode == 1, done.stderr
+        assert "may not read rtt:events" in done.stderr
+        assert secret not in done.stdout + done.stderr
+    finally:
+        redis_client.acl_deluser(user)
