@@ -19,7 +19,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Start, Stop, VoiceResponse
 
-from .emulator import DEFAULT_ACCOUNT_SID
+from .emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from .events import SID_PATTERNS
 from .webhooks import CALLBACK_PATH
 
@@ -91,9 +91,11 @@ def callback_url(given: str | None, labels: dict[str, str | None], emulated: boo
 
 
 def client_from(account_sid: str | None, auth_token: str | None, api_base_url: str | None):
-    if not account_sid and api_base_url:
-        # Aimed at the emulator: its own test account is the natural default.
-        account_sid = DEFAULT_ACCOUNT_SID
+    if api_base_url:
+        # Aimed at the emulator: its own test account and token are the natural defaults, the
+        # ones `receiver emulate` uses when neither is set (so its printed hint just works).
+        account_sid = account_sid or DEFAULT_ACCOUNT_SID
+        auth_token = auth_token or DEFAULT_AUTH_TOKEN
     if not account_sid or not SID_PATTERNS["AccountSid"].match(account_sid):
         raise click.UsageError(
             f"TWILIO_ACCOUNT_SID ({account_sid!r}) must be AC followed by 32 hex digits"

@@ -106,3 +106,31 @@ def test_emulate_command_serves_the_official_client():
     assert f"Twilio emulator: {url}" in output
     assert TOKEN not in output
     assert "Emulator stopped." in output
+
+
+def test_emulate_hint_works_without_credentials():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_BASE"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver.cli", "emulate", "--port", str(port), "--speed", "50"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout
+        hint = next(line for line in process.stdout if line.startswith("Try: receiver "))
+        args = hint.removeprefix("Try: receiver ").split()
+        unset = (
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_API_BASE_URL",
+            "PUBLIC_BASE_URL",
+        )
+        result = CliRunner().invoke(main, args, env=dict.fromkeys(unset))
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("Started transcription GT"), result.output
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=15)

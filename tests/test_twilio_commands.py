@@ -33,7 +33,7 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
 
 
-def run(emulator: EmulatorServer, *args: str, **env: str):
+def run(emulator: EmulatorServer, *args: str, **env: str | None):
     environment = {
         "TWILIO_ACCOUNT_SID": emulator.emulator.account_sid,
         "TWILIO_AUTH_TOKEN": emulator.emulator.auth_token,
@@ -195,3 +195,19 @@ def test_twiml_start_and_stop():
     }
     stop = CliRunner().invoke(main, ["transcriptions", "twiml", "--stop", "support"])
     assert '<Response><Stop><Transcription name="support" /></Stop></Response>' in stop.output
+
+
+def test_the_emulators_credentials_are_the_default_with_an_api_base_url(
+    emulator: EmulatorServer,
+):
+    anonymous = run(emulator, "start", sid("CA"), TWILIO_ACCOUNT_SID=None, TWILIO_AUTH_TOKEN=None)
+    assert anonymous.exit_code == 0, anonymous.output
+    no_token = run(
+        emulator,
+        "start",
+        sid("CA"),
+        TWILIO_AUTH_TOKEN=None,
+        TWILIO_API_BASE_URL=None,
+        PUBLIC_BASE_URL="https://rtt.example.com",
+    )
+    assert no_token.exit_code == 2 and "TWILIO_AUTH_TOKEN is not set" in no_token.output
