@@ -20,10 +20,14 @@ from twilio.rest import Client
 from .conversation import Faults
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
+from .playback import Delivery
 from .serving import Served, ServeError, start
 from .streams import Keys
 from .tail import run as run_tail
 from .webhooks import CALLBACK_PATH
+
+# Seconds allowed beyond the script's length before the demo stops waiting for the call.
+DEADLINE_MARGIN = 20.0
 
 
 def start_receiver(redis_url: str, token: str, workdir: Path) -> Served:
@@ -34,13 +38,43 @@ def start_receiver(redis_url: str, token: str, workdir: Path) -> Served:
         "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
         "WEB_CONCURRENCY": "1",
         "LOG_LEVEL": "warning",
-        # The demo's own settings, whatever the shell has.
-        **dict.fromkeys(("PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX")),
+        # The demo's own settings, whatever the shell has (a token file would win over its token).
+        **dict.fromkeys(
+            ("PUBLIC_BASE_URL", "PROXY_HOPS", "STREAM_PREFIX", "TWILIO_AUTH_TOKEN_FILE")
+        ),
     }
     try:
         return start(env, workdir, ready_path="/readyz", timeout=20)
     except ServeError as error:
         raise click.ClickException(f"the receiver did not start: {error}") from None
+
+
+def report(
+    played: bool,
+    deliveries: list[Delivery],
+    client: redis.Redis,
+    keys: Keys,
+    call_sid: str,
+    began: float,
+) -> bool:
+    """Print what was sent and stored; whether every callback got a 2xx and was stored."""
+    stored = client.xlen(keys.call(call_sid))
+    answered = sorted({d.outcome for d in deliveries})
+    click.echo(
+        f"\nDone in {time.monotonic() - began:.1f}s: {len(deliveries)} callbacks "
+        f"(answers: {', '.join(answered) or 'none'}), {stored} events in {keys.call(call_sid)}, "
+        f"{client.zcard(keys.finals(call_sid))} final utterances in {keys.finals(call_sid)}."
+    )
+    refused = [d for d in deliveries if d.status is None or not 200 <= d.status < 300]
+    if not played:
+        click.echo("The call did not finish in time: not every callback was sent.", err=True)
+    if refused:
+        click.echo(
+            f"{len(refused)} of {len(deliveries)} callbacks did not get a 2xx answer "
+            "from the receiver.",
+            err=True,
+        )
+    return played and not refused and stored == len(deliveries)
 
 
 @click.command()
@@ -69,6 +103,7 @@ def demo(speed: float, finals_only: bool) -> None:
             Emulator(DEFAULT_ACCOUNT_SID, token, faults=Faults(), speed=speed)
         )
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
+        ok, interrupted = False, False
         try:
             click.echo(f"1/4 Embedded Redis     {server.url}")
             receiver = start_receiver(server.url, token, workdir)
@@ -87,6 +122,9 @@ def demo(speed: float, finals_only: bool) -> None:
                 outbound_track_label="agent",
             )
             click.echo(f"4/4 Call {call_sid}, transcription {created.sid} (via twilio client)\n")
+            playback = emulator.emulator.transcriptions[created.sid].playback
+            # A safety net only: the playback ends by itself, even when every callback fails.
+            deadline = time.monotonic() + emulator.emulator.script.length / speed + DEADLINE_MARGIN
             run_tail(
                 client,
                 url=server.url,
@@ -95,21 +133,14 @@ def demo(speed: float, finals_only: bool) -> None:
                 finals_only=finals_only,
                 as_json=False,
                 until_stopped=True,
+                # A refused callback is never stored: stop following once all were sent.
+                until=lambda: playback.finished.is_set() or time.monotonic() > deadline,
             )
-            emulator.emulator.wait(10)
-            deliveries = emulator.emulator.transcriptions[created.sid].playback.deliveries
-            stored = client.xlen(keys.call(call_sid))
-            answered = sorted({d.outcome for d in deliveries})
-            click.echo(
-                f"\nDone in {time.monotonic() - began:.1f}s: {len(deliveries)} callbacks "
-                f"(answers: {', '.join(answered)}), {stored} events in {keys.call(call_sid)}, "
-                f"{client.zcard(keys.finals(call_sid))} final utterances in "
-                f"{keys.finals(call_sid)}."
-            )
-            ok = answered == ["200"] and stored == len(deliveries)
+            played = playback.wait(max(0.0, deadline - time.monotonic()))
+            ok = report(played, playback.deliveries, client, keys, call_sid, began)
         except KeyboardInterrupt:
             click.echo("\nInterrupted.")
-            ok = True
+            interrupted = True
         finally:
             emulator.stop()
             if receiver:
@@ -117,5 +148,7 @@ def demo(speed: float, finals_only: bool) -> None:
             client.close()
             server.stop()
             click.echo("Stopped the emulator, the receiver and Redis; demo data removed.")
+    if interrupted:
+        raise SystemExit(130)
     if not ok:
         raise SystemExit(1)

@@ -255,8 +255,10 @@ def run(
     as_json: bool,
     until_stopped: bool,
     console: Console | None = None,
+    until: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Follow ``key`` until interrupted (or until its transcriptions stop)."""
+    """Follow ``key`` until interrupted, or until its transcriptions stop (``until_stopped``)
+    or ``until()`` holds, and then a read finds nothing new."""
     stopper = Stopper()
     out = console or Console(highlight=False)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -268,7 +270,9 @@ def run(
         (out if out.is_terminal and not as_json else errors).print(following, style="dim")
 
     # Once all have stopped, one more quiet read: late deliveries are still printed.
-    finished = stopper.done if until_stopped else (lambda: False)
+    def finished() -> bool:
+        return (until_stopped and stopper.done()) or until()
+
     if as_json:
         for entry_id, fields in follow(
             client,

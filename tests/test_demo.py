@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import requests
 
@@ -51,3 +54,61 @@ def test_demo_receiver_starts_without_the_deploy_directory(redis_server, tmp_pat
     finally:
         receiver.stop()
     assert receiver.process.returncode is not None
+
+
+def spawn(*argv: str) -> subprocess.Popen[str]:
+    """A demo in its own session, so a hung one can be killed with everything it started."""
+    return subprocess.Popen(
+        [sys.executable, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    try:
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+# The real receiver under gunicorn, started with another token than the emulator signs with:
+# it answers every callback 403, as it would behind a wrong TWILIO_AUTH_TOKEN.
+REFUSING_RECEIVER = """
+import sys
+from receiver import demo
+original = demo.start_receiver
+demo.start_receiver = lambda url, token, workdir: original(url, "not-" + token, workdir)
+demo.demo(sys.argv[1:])
+"""
+
+
+def test_demo_ends_with_status_1_when_the_receiver_refuses_callbacks():
+    process = spawn("-c", REFUSING_RECEIVER, "--speed", "10")
+    out, err = finish(process, timeout=60)
+    assert process.returncode == 1, out + err
+    assert re.search(r"Done in [\d.]+s: (\d+) callbacks \(answers: 403\), 0 events", out), out
+    assert "callbacks did not get a 2xx answer" in err
+    assert "Stopped the emulator, the receiver and Redis; demo data removed." in out
+
+
+def test_ctrl_c_cleans_up_and_exits_130():
+    process = spawn("-m", "receiver.cli", "demo", "--speed", "0.5")
+    try:
+        assert process.stdout
+        for line in process.stdout:
+            if line.startswith("4/4 Call"):
+                break
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        out, err = finish(process, timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, out + err
+    assert "Interrupted." in out
+    assert "Stopped the emulator, the receiver and Redis; demo data removed." in out
