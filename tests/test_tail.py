@@ -197,15 +197,16 @@ class Terminal:
         raise AssertionError(f"screen never matched; it shows: {self.lines()}")
 
 
-def test_live_partials_are_rewritten_until_final(client, redis_server, call_sid):
+def spawn_tail(redis_url: str, call_sid: str) -> pexpect.spawn:
+    """`receiver tail` for one call in a 120x30 colour pseudo terminal."""
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "30"}
     env.pop("NO_COLOR", None)
-    child = pexpect.spawn(
-        RECEIVER[0],
-        [*RECEIVER[1:], "tail", "--redis-url", redis_server.url, "--call", call_sid],
-        env=env,
-        dimensions=(30, 120),
-    )
+    command = [*RECEIVER[1:], "tail", "--redis-url", redis_url, "--call", call_sid]
+    return pexpect.spawn(RECEIVER[0], command, env=env, dimensions=(30, 120))
+
+
+def test_live_partials_are_rewritten_until_final(client, redis_server, call_sid):
+    child = spawn_tail(redis_server.url, call_sid)
     screen = Terminal(child)
     try:
         screen.wait_for(lambda lines: any("Following" in line for line in lines))
@@ -301,14 +302,7 @@ def test_until_stopped_prints_a_final_delivered_after_stopped(client, redis_serv
 
 
 def test_live_area_ignores_partials_older_than_what_is_shown(client, redis_server, call_sid):
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "30"}
-    env.pop("NO_COLOR", None)
-    child = pexpect.spawn(
-        RECEIVER[0],
-        [*RECEIVER[1:], "tail", "--redis-url", redis_server.url, "--call", call_sid],
-        env=env,
-        dimensions=(30, 120),
-    )
+    child = spawn_tail(redis_server.url, call_sid)
     screen = Terminal(child)
     try:
         screen.wait_for(lambda lines: any("Following" in line for line in lines))
