@@ -6,7 +6,7 @@ The settings, their environment variables (PORT, HOST, BIND, WEB_CONCURRENCY, GU
 LOG_LEVEL, LOG_FORMAT, PROMETHEUS_MULTIPROC_DIR) and the measurements behind the worker class
 and counts (gthread, 2 workers x 4 threads, chosen with `receiver bench`) are in
 receiver/gunicorn_conf.py: inside the package, an installed receiver (`receiver serve`, the
-container image) has them too, as `-c python:receiver.gunicorn_conf`.
+container image) has them too, as `-c python:receiver.server.gunicorn_conf`.
 """
 
-from receiver.gunicorn_conf import *  # noqa: F403
+from receiver.server.gunicorn_conf import *  # noqa: F403

@@ -1,4 +1,9 @@
-"""rtt-receiver: Twilio Real-Time Transcription callbacks into Redis Streams, exactly once."""
+"""rtt-receiver: Twilio Real-Time Transcription callbacks into Redis Streams, exactly once.
+
+A callback's path: ``views/callback.py`` (the endpoint) -> ``verify.py`` (the signature) ->
+``events.py`` (the normalized event) -> ``storage/`` (the stream entry, or the spool) ->
+consumers (``docs/streams.md``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .config import Settings
+    from receiver.config import Settings
 
 __all__ = ["create_app"]
 
@@ -15,8 +20,8 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> Flask:
     """The WSGI app; gunicorn serves it as ``receiver:create_app()``."""
     # Imported when called, not with the package: gunicorn's settings module is in this package
-    # (receiver.gunicorn_conf) and must set PROMETHEUS_MULTIPROC_DIR before anything imports
-    # prometheus_client, which reads it once, at import.
-    from .application import build
+    # (receiver.server.gunicorn_conf) and must set PROMETHEUS_MULTIPROC_DIR before anything
+    # imports prometheus_client, which reads it once, at import.
+    from receiver.app import create_app as build
 
     return build(settings)

@@ -13,8 +13,8 @@ from hypothesis import settings as hypothesis_settings
 
 from receiver import create_app
 from receiver.config import Settings
-from receiver.embedded import EmbeddedRedis
-from receiver.serving import Served
+from receiver.server.embedded_redis import EmbeddedRedis
+from receiver.server.process import Served
 
 from .processes import start_receiver_process
 from .twilio_calls import TOKEN

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from receiver.serving import Served, gunicorn_command, start
+from receiver.server.process import Served, gunicorn_command, start
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONFIG = ROOT / "deploy" / "gunicorn.conf.py"

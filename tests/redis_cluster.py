@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from receiver.embedded import EmbeddedRedis, free_port
+from receiver.server.embedded_redis import EmbeddedRedis, free_port
 
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 

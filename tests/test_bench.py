@@ -16,9 +16,9 @@ from urllib.parse import parse_qs
 import pytest
 
 from receiver import signature
-from receiver.bench import EVENTS_PER_CALL, Phase, Report, make_traffic, render
+from receiver.devtools.bench.measure import EVENTS_PER_CALL, Phase, Report, make_traffic, render
 from receiver.events import parse
-from receiver.streams import Keys
+from receiver.storage.store import Keys
 
 from .processes import ROOT
 from .twilio_calls import TOKEN
@@ -165,7 +165,7 @@ def test_fixed_rate_latency_counts_from_the_due_time(tmp_path):
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from receiver.bench import Callback, run_python
+    from receiver.devtools.bench.measure import Callback, run_python
 
     class Slow(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -13,12 +13,13 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from receiver import cluster, create_app
-from receiver.cluster import ClusterKeys, ClusterStore
+from receiver import create_app
 from receiver.config import Settings, load_settings
-from receiver.embedded import free_port
 from receiver.events import parse
-from receiver.streams import Keys, store_args
+from receiver.server.embedded_redis import free_port
+from receiver.storage import cluster
+from receiver.storage.cluster import ClusterKeys, ClusterStore
+from receiver.storage.store import Keys, store_args
 
 from .redis_cluster import SLOT_RANGES, LocalCluster
 from .test_multi_instance import send

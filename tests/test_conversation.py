@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from receiver.conversation import (
+from receiver.devtools.conversation import (
     Faults,
     Identity,
     ScriptError,

@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from receiver.conversation import load_script
+from receiver.devtools.conversation import load_script
 
 
 def test_demo_plays_one_call_and_cleans_up():
@@ -45,7 +45,7 @@ def test_demo_plays_one_call_and_cleans_up():
 
 
 def test_demo_receiver_starts_without_the_deploy_directory(redis_server, tmp_path, monkeypatch):
-    from receiver import demo
+    from receiver.devtools import demo
 
     monkeypatch.chdir(tmp_path)  # no deploy/ here: the settings come from the package
     receiver = demo.start_receiver(redis_server.url, "token", tmp_path)
@@ -80,7 +80,7 @@ def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
 # it answers every callback 403, as it would behind a wrong TWILIO_AUTH_TOKEN.
 REFUSING_RECEIVER = """
 import sys
-from receiver import demo
+from receiver.devtools import demo
 original = demo.start_receiver
 demo.start_receiver = lambda url, token, workdir: original(url, "not-" + token, workdir)
 demo.demo(sys.argv[1:])

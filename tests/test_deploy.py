@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from receiver.config import load_settings
-from receiver.embedded import free_port
+from receiver.server.embedded_redis import free_port
 
 from .deployment_files import (
     DEPLOY,
@@ -291,16 +291,20 @@ def test_nginx_example_passes_signatures_for_the_public_url(nginx_in_front, redi
     assert requests.get(public + "/readyz", verify=str(cert), timeout=30).status_code == 200
 
 
-def test_the_installed_package_carries_its_lua_scripts():
-    """The image installs the package (``pip install .``), not the source tree: every script
-    the store reads must be package data."""
+def test_the_installed_package_carries_its_data_files():
+    """The image installs the package (``pip install .``), not the source tree: every Lua
+    script, conversation and template the package reads must be package data."""
     import fnmatch
     import tomllib
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"
     ]["receiver"]
-    scripts = sorted(p.name for p in (ROOT / "receiver").glob("*.lua"))
-    assert "cluster_call.lua" in scripts
-    for name in scripts:
+    package = ROOT / "receiver"
+    data = sorted(
+        str(p.relative_to(package))
+        for p in [*package.rglob("*.lua"), *package.rglob("*.yaml"), *package.rglob("*.html")]
+    )
+    assert "storage/lua/cluster_call.lua" in data
+    for name in data:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -13,9 +13,9 @@ import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
-from receiver.conversation import Identity, TranscriptionSettings, events, load_script
-from receiver.emulator import Emulator, EmulatorServer
-from receiver.playback import send
+from receiver.devtools.conversation import Identity, TranscriptionSettings, events, load_script
+from receiver.devtools.emulator import Emulator, EmulatorServer
+from receiver.devtools.playback import send
 
 from .callback_sink import CallbackSink
 from .twilio_calls import sid

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from twilio.rest import Client
 
 from receiver.cli import main
-from receiver.embedded import free_port
+from receiver.server.embedded_redis import free_port
 
 from .twilio_calls import sid
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from twilio.rest import Client
 
-from receiver.conversation import Faults, load_script
-from receiver.emulator import Emulator, EmulatorServer
+from receiver.devtools.conversation import Faults, load_script
+from receiver.devtools.emulator import Emulator, EmulatorServer
 
 from .twilio_calls import sid
 

@@ -15,9 +15,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver import create_app, logs
+from receiver import create_app
 from receiver.config import Settings
-from receiver.embedded import free_port
+from receiver.observability import logs
+from receiver.server.embedded_redis import free_port
 
 from .test_multi_instance import send
 from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
@@ -123,9 +124,8 @@ def test_spool_depth_is_the_spools(settings, tmp_path, call_sid):
     from receiver.events import parse
 
     spooled = replace(settings, spool_dir=str(tmp_path / "spool"))
-    app = create_app(spooled)
-    app.extensions["receiver_drainer"].stop()  # so that the record waits for the scrape
-    spool = app.extensions["receiver"].delivery.spool
+    app = create_app(spooled)  # no callback yet: no drainer, so the record waits for the scrape
+    spool = app.extensions["receiver"].writer.spool
     params = content(call_sid, sid("GT"), 1, "waiting for Redis")
     spool.append(parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00Z"))
     text = app.test_client().get("/metrics").get_data(as_text=True)

@@ -9,7 +9,7 @@ import pytest
 import redis
 import requests
 
-from receiver.embedded import EmbeddedRedis
+from receiver.server.embedded_redis import EmbeddedRedis
 
 from .test_end_to_end import send
 from .tls_proxy import TLSProxy, self_signed_certificate

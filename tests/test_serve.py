@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from receiver.embedded import free_port
+from receiver.server.embedded_redis import free_port
 
 from .twilio_calls import TOKEN, content, sid, sign
 

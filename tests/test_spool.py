@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from receiver import create_app
 from receiver.config import Settings
-from receiver.delivery import Delivery, Drainer, stop_drainers
 from receiver.events import Event, InvalidEvent, TrackLabels, parse
-from receiver.spool import HEADER_LENGTH, Rejection, Spool, SpoolError, decode, encode
-from receiver.streams import Keys, Store
+from receiver.storage.durable import Drainer, DurableWriter, stop_drainers
+from receiver.storage.spool import HEADER_LENGTH, Rejection, Spool, SpoolError, decode, encode
+from receiver.storage.store import Keys, Store
 
 from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
 
@@ -178,7 +178,7 @@ def test_a_full_spool_refuses(tmp_path, call_sid):
             spool.append(make_event(call_sid, n))
 
 
-# -- Delivery and the drainer against a real Redis that goes away ------------------------------
+# -- The durable writer and the drainer against a real Redis that goes away -----------------
 
 
 def store_for(url: str, timeout: float = 0.5) -> Store:
@@ -201,34 +201,34 @@ def stream(url: str, call_sid: str) -> list[dict]:
 def test_redis_down_spools_then_the_drainer_replays_in_order_exactly_once(
     own_redis, tmp_path, call_sid
 ):
-    delivery = Delivery(store_for(own_redis.url), Spool(tmp_path / "spool"))
-    assert delivery.deliver(make_event(call_sid, 1)) == "stored"
+    writer = DurableWriter(store_for(own_redis.url), Spool(tmp_path / "spool"))
+    assert writer.write(make_event(call_sid, 1)) == "stored"
     own_redis.kill()
-    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"
-    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"  # Twilio's retry, spooled too
+    assert writer.write(make_event(call_sid, 2)) == "spooled"
+    assert writer.write(make_event(call_sid, 2)) == "spooled"  # Twilio's retry, spooled too
     own_redis.start()
     # Redis is back, but records still wait: new ones queue behind them, in order.
-    assert delivery.deliver(make_event(call_sid, 3)) == "spooled"
-    drainer = Drainer(delivery, poll_seconds=0.05).start()
+    assert writer.write(make_event(call_sid, 3)) == "spooled"
+    drainer = Drainer(writer, poll_seconds=0.05).start()
     try:
-        wait_for(lambda: not delivery.spool.pending())
+        wait_for(lambda: not writer.spool.pending())
     finally:
         drainer.stop()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2", "3"]
     assert drainer.replayed == 3
-    assert delivery.deliver(make_event(call_sid, 4)) == "stored"
+    assert writer.write(make_event(call_sid, 4)) == "stored"
 
 
 def test_a_replay_interrupted_before_its_confirmation_is_not_stored_twice(
     own_redis, tmp_path, call_sid
 ):
     spool = Spool(tmp_path / "spool")
-    delivery = Delivery(store_for(own_redis.url), spool)
+    writer = DurableWriter(store_for(own_redis.url), spool)
     for n in (1, 2):
         spool.append(make_event(call_sid, n))
     _, entries = spool.read_batch()
-    delivery.replay(entries[0].record)  # stored, then the process died before confirm()
-    drainer = Drainer(Delivery(store_for(own_redis.url), Spool(tmp_path / "spool")))
+    writer.replay(entries[0].record)  # stored, then the process died before confirm()
+    drainer = Drainer(DurableWriter(store_for(own_redis.url), Spool(tmp_path / "spool")))
     with drainer.spool.drain_lock() as held:
         assert held and drainer.drain()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]
@@ -240,7 +240,7 @@ def test_an_unreadable_record_does_not_block_the_ones_behind_it(own_redis, tmp_p
     with spool.log_path.open("ab") as out:
         out.write(b"00000000 {not a record}\n")
     spool.append(make_event(call_sid, 2))
-    drainer = Drainer(Delivery(store_for(own_redis.url), spool))
+    drainer = Drainer(DurableWriter(store_for(own_redis.url), spool))
     with spool.drain_lock():
         assert drainer.drain()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]
@@ -248,16 +248,16 @@ def test_an_unreadable_record_does_not_block_the_ones_behind_it(own_redis, tmp_p
 
 
 def test_slower_than_the_bound_spools(own_redis, tmp_path, call_sid):
-    delivery = Delivery(store_for(own_redis.url, timeout=0.2), Spool(tmp_path / "spool"))
-    delivery.deliver(make_event(call_sid, 1))  # loads the script
+    writer = DurableWriter(store_for(own_redis.url, timeout=0.2), Spool(tmp_path / "spool"))
+    writer.write(make_event(call_sid, 1))  # loads the script
     admin = redis.Redis.from_url(own_redis.url)
     admin.client_pause(10_000, all=False)  # writes wait: Redis is alive but slow
     # Spooled, not stored: the answer came at the 0.2 s bound, long before the pause ended.
-    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"
+    assert writer.write(make_event(call_sid, 2)) == "spooled"
     admin.client_unpause()
-    drainer = Drainer(delivery, poll_seconds=0.05).start()
+    drainer = Drainer(writer, poll_seconds=0.05).start()
     try:
-        wait_for(lambda: not delivery.spool.pending())
+        wait_for(lambda: not writer.spool.pending())
     finally:
         drainer.stop()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]
@@ -338,7 +338,7 @@ def test_a_restarted_receiver_drains_what_the_last_one_spooled(own_redis, tmp_pa
     for n in (1, 2, 3):
         spool.append(make_event(call_sid, n))
     settings = Settings(auth_tokens=(TOKEN,), redis_url=own_redis.url, spool_dir=str(spool_dir))
-    create_app(settings)
+    create_app(settings).extensions["receiver"].start()  # what a served worker does at boot
     try:
         wait_for(lambda: not spool.pending())
     finally:
@@ -348,18 +348,18 @@ def test_a_restarted_receiver_drains_what_the_last_one_spooled(own_redis, tmp_pa
 
 def test_a_full_redis_spools_and_replays_once_memory_is_freed(own_redis, tmp_path, call_sid):
     """With maxmemory-policy noeviction a full Redis refuses writes (OOM): spooled, not lost."""
-    delivery = Delivery(store_for(own_redis.url), Spool(tmp_path / "spool"))
-    assert delivery.deliver(make_event(call_sid, 1)) == "stored"
+    writer = DurableWriter(store_for(own_redis.url), Spool(tmp_path / "spool"))
+    assert writer.write(make_event(call_sid, 1)) == "stored"
     admin = redis.Redis.from_url(own_redis.url)
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", "1")
-    assert delivery.deliver(make_event(call_sid, 2)) == "spooled"
-    drainer = Drainer(delivery, poll_seconds=0.05).start()
+    assert writer.write(make_event(call_sid, 2)) == "spooled"
+    drainer = Drainer(writer, poll_seconds=0.05).start()
     try:
         time.sleep(0.3)
-        assert delivery.spool.depth() == 1  # Redis still full: kept, retried
+        assert writer.spool.depth() == 1  # Redis still full: kept, retried
         admin.config_set("maxmemory", "0")
-        wait_for(lambda: not delivery.spool.pending())
+        wait_for(lambda: not writer.spool.pending())
     finally:
         drainer.stop()
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]

@@ -7,7 +7,7 @@ import threading
 
 import redis
 
-from receiver.streams import Keys, Store
+from receiver.storage.store import Keys, Store
 
 
 def make_store(client: redis.Redis) -> Store:

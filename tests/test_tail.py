@@ -21,7 +21,7 @@ import redis
 from click.testing import CliRunner
 
 from receiver.cli import main
-from receiver.embedded import EmbeddedRedis, free_port
+from receiver.server.embedded_redis import EmbeddedRedis, free_port
 
 from .twilio_calls import callback, content, post, sid, whole_call
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from receiver.cli import main
-from receiver.embedded import free_port
-from receiver.emulator import Emulator, EmulatorServer
+from receiver.devtools.emulator import Emulator, EmulatorServer
+from receiver.server.embedded_redis import free_port
 
 from .twilio_calls import sid
 

@@ -22,8 +22,15 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from .conversation import Faults, Identity, Script, TranscriptionSettings, load_script, timeline
-from .playback import Playback
+from receiver.devtools.conversation import (
+    Faults,
+    Identity,
+    Script,
+    TranscriptionSettings,
+    load_script,
+    timeline,
+)
+from receiver.devtools.playback import Playback
 
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")

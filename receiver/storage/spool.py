@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .events import Event, InvalidEvent, TrackLabels
+from receiver.events import Event, InvalidEvent, TrackLabels
 
 log = logging.getLogger(__name__)
 

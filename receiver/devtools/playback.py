@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urldefrag, urlencode
 
 import requests
 
-from . import signature
-from .conversation import Callback, Identity, stop_early
+from receiver import signature
+from receiver.devtools.conversation import Callback, Identity, stop_early
 
 USER_AGENT = "TwilioProxy/1.1"
 # Twilio retries every 5xx and these 4xx answers (error 17580); other 4xx are final.

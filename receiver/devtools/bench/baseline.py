@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from flask import Flask
 
-from .webhooks import CALLBACK_PATH
+from receiver.views.callback import CALLBACK_PATH
 
 
 def create_app() -> Flask:
-    """The WSGI app; gunicorn serves it as ``receiver.bench_baseline:create_app()``."""
+    """The WSGI app; gunicorn serves it as ``receiver.devtools.bench.baseline:create_app()``."""
     app = Flask(__name__)
 
     @app.route(CALLBACK_PATH, methods=["GET", "POST"])

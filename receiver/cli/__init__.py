@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, int_setting, load_settings, redact_url
-from .embedded import EmbeddedRedis, EmbeddedRedisError
-from .serving import GUNICORN_CONFIG
-from .webhooks import CALLBACK_PATH
+from receiver.config import ConfigError, int_setting, load_settings, redact_url
+from receiver.server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from receiver.server.process import GUNICORN_CONFIG
+from receiver.views.callback import CALLBACK_PATH
 
 
 @click.group()
@@ -97,10 +97,10 @@ def serve(host: str, port: int, data_dir: Path, gunicorn_config: str) -> None:
 
 
 # Issue 3: try it without Twilio.
-from .demo import demo  # noqa: E402
-from .emulator_cli import emulate, simulate  # noqa: E402
-from .tail import tail  # noqa: E402
-from .twilio_commands import transcriptions  # noqa: E402
+from receiver.cli.emulate import emulate, simulate  # noqa: E402
+from receiver.cli.transcriptions import transcriptions  # noqa: E402
+from receiver.devtools.demo import demo  # noqa: E402
+from receiver.devtools.tail import tail  # noqa: E402
 
 main.add_command(emulate)
 main.add_command(simulate)
@@ -110,7 +110,7 @@ main.add_command(demo)
 
 
 def _bench() -> click.Command:
-    from .bench import bench
+    from receiver.devtools.bench.measure import bench
 
     return bench
 

@@ -1,6 +1,6 @@
 """Durable before 2xx: an event goes to Redis, or to the spool when Redis cannot take it in time.
 
-``Delivery`` is what the callback view calls. It writes to Redis through ``Store`` (the
+``DurableWriter`` is what the callback view calls. It writes to Redis through ``Store`` (the
 exactly-once script); when Redis raises (down, failing over, or slower than
 ``REDIS_TIMEOUT_MS``) it appends the record to the spool and the caller answers 202. While the
 spool holds records, new ones queue behind them in the spool, so Redis receives everything in
@@ -26,16 +26,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import redis
-from flask import Flask, current_app
 
-from . import metrics
-from .events import Event
-from .spool import Record, Rejection, Spool
-from .streams import Outcome, Store
+from receiver.events import Event
+from receiver.observability import metrics
+from receiver.storage.spool import Record, Rejection, Spool
+from receiver.storage.store import Outcome, Store
 
 log = logging.getLogger(__name__)
 
-Delivered = Outcome | Literal["spooled"]
+Written = Outcome | Literal["spooled"]
 
 POLL_SECONDS = 0.2
 CONFIRM_EVERY = 32
@@ -47,7 +46,7 @@ class StorageUnavailable(Exception):
 
 
 @dataclass
-class Delivery:
+class DurableWriter:
     store: Store
     spool: Spool | None = None
     wake: threading.Event = field(default_factory=threading.Event)
@@ -55,7 +54,7 @@ class Delivery:
     spool_error: str | None = None
     _outage: bool = False
 
-    def deliver(self, record: Record) -> Delivered:
+    def write(self, record: Record) -> Written:
         """Store an event or a rejection durably; ``spooled`` when it went to the spool."""
         if self.spool is None:
             return self._to_redis(record)  # a RedisError becomes a 503
@@ -78,7 +77,7 @@ class Delivery:
         self.wake.set()
         return "spooled"
 
-    def _to_redis(self, record: Record) -> Delivered:
+    def _to_redis(self, record: Record) -> Written:
         if isinstance(record, Rejection):
             self.store.reject(
                 record.error,
@@ -102,7 +101,7 @@ class Delivery:
     def can_spool(self) -> bool:
         return self.spool is not None and self.spool_error is None and self.spool.writable()
 
-    def replay(self, record: Record) -> Delivered:
+    def replay(self, record: Record) -> Written:
         """The drainer's way in: always Redis, never the spool again."""
         return self._to_redis(record)
 
@@ -111,7 +110,7 @@ class Delivery:
 class Drainer:
     """Replays the spool into Redis in order, from a daemon thread with a stop event."""
 
-    delivery: Delivery
+    writer: DurableWriter
     poll_seconds: float = POLL_SECONDS
     replayed: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -119,8 +118,8 @@ class Drainer:
 
     @property
     def spool(self) -> Spool:
-        assert self.delivery.spool is not None
-        return self.delivery.spool
+        assert self.writer.spool is not None
+        return self.writer.spool
 
     def start(self) -> Drainer:
         self._thread = threading.Thread(target=self._run, name="rtt-spool-drainer", daemon=True)
@@ -131,14 +130,14 @@ class Drainer:
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the record in hand, confirm it, release the lock, end the thread."""
         self._stop.set()
-        self.delivery.wake.set()
+        self.writer.wake.set()
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         _running.discard(self)
 
     def _wait(self, seconds: float) -> None:
-        self.delivery.wake.wait(seconds)
-        self.delivery.wake.clear()
+        self.writer.wake.wait(seconds)
+        self.writer.wake.clear()
 
     def _run(self) -> None:
         backoff, paused = BACKOFF_SECONDS[0], False
@@ -183,7 +182,7 @@ class Drainer:
                     if entry.record is None:
                         self.spool.quarantine(entry)
                     else:
-                        self.delivery.replay(entry.record)
+                        self.writer.replay(entry.record)
                     end = entry.end
                     count += 1
                     self.replayed += 1
@@ -208,9 +207,3 @@ def stop_drainers() -> None:
 
 
 atexit.register(stop_drainers)
-
-
-def spool_depth(app: Flask | None = None) -> int:
-    """Records waiting in the spool for Redis (0 without a spool): for /readyz and the metrics."""
-    delivery: Delivery = (app or current_app).extensions["receiver"].delivery
-    return delivery.spool.depth() if delivery.spool else 0

@@ -1,7 +1,7 @@
 """gunicorn settings for rtt-receiver, read through deploy/gunicorn.conf.py.
 
 Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'` in a checkout, or
-`gunicorn -c python:receiver.gunicorn_conf 'receiver:create_app()'` from an installed package
+`gunicorn -c python:receiver.server.gunicorn_conf 'receiver:create_app()'` from an installed package
 (what `receiver serve` runs): the settings live in the package so that both work.
 
 Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
@@ -101,7 +101,7 @@ if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
             # Has its own handler (receiver/logs.py): through the root too would print twice.
             "receiver": {"propagate": False},
         },
-        "formatters": {"generic": {"()": "receiver.logs.JsonFormatter"}},
+        "formatters": {"generic": {"()": "receiver.observability.logs.JsonFormatter"}},
     }
 
 
@@ -121,8 +121,8 @@ _bound_silent_clients()
 
 def on_starting(server):
     """Refuse to start on a bad configuration, with the reason, before any worker boots."""
-    from receiver import logs
     from receiver.config import ConfigError, load_settings
+    from receiver.observability import logs
 
     try:
         settings = load_settings()
@@ -131,7 +131,7 @@ def on_starting(server):
     if not settings.redis_url:
         raise SystemExit("rtt-receiver: REDIS_URL is not set (or use 'receiver serve')")
     if settings.spool_dir:
-        from receiver.spool import Spool
+        from receiver.storage.spool import Spool
 
         try:
             spool = Spool(settings.spool_dir, settings.spool_max_bytes)
@@ -148,11 +148,18 @@ def on_starting(server):
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
+def post_worker_init(worker):
+    """Start the worker's background work (the spool drainer) once the app is loaded."""
+    receiver = getattr(worker.wsgi, "extensions", {}).get("receiver")
+    if receiver is not None:
+        receiver.start()
+
+
 def worker_exit(server, worker):
     """After a worker's in-flight requests finished (SIGTERM, SIGHUP reload, max requests):
     stop its spool drainer, which confirms the record in hand and releases the drain lock, so
     another worker or the next receiver takes over with nothing lost or replayed twice."""
-    from receiver.delivery import stop_drainers
+    from receiver.storage.durable import stop_drainers
 
     stop_drainers()
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from .conversation import DEFAULT_ERROR_CODE, Faults, ScriptError, load_script
-from .emulator import (
+from receiver.devtools.conversation import DEFAULT_ERROR_CODE, Faults, ScriptError, load_script
+from receiver.devtools.emulator import (
     DEFAULT_ACCOUNT_SID,
     DEFAULT_AUTH_TOKEN,
     ApiError,
@@ -28,8 +28,8 @@ from .emulator import (
     EmulatorServer,
     Transcription,
 )
-from .playback import Summary
-from .webhooks import CALLBACK_PATH
+from receiver.devtools.playback import Summary
+from receiver.views.callback import CALLBACK_PATH
 
 DEFAULT_EMULATOR_PORT = 8010
 Probability = click.FloatRange(0.0, 1.0)

@@ -175,7 +175,7 @@ def parse_script(data: object, source: str = "script") -> Script:
 def load_script(path: str | Path | None = None) -> Script:
     """A script from a ``.yaml``/``.yml``/``.json`` file, or the built-in one when ``None``."""
     if path is None:
-        resource = files(__package__).joinpath("scripts", f"{BUILTIN_SCRIPT}.yaml")
+        resource = files(__package__).joinpath("conversations", f"{BUILTIN_SCRIPT}.yaml")
         return parse_script(yaml.safe_load(resource.read_text(encoding="utf-8")), BUILTIN_SCRIPT)
     path = Path(path)
     try:

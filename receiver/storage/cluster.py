@@ -33,8 +33,9 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 
-from .events import Event
-from .streams import Keys, Outcome, Store, lua, store_args
+from receiver.events import Event
+from receiver.storage.contract import Keys
+from receiver.storage.store import Outcome, Store, lua, store_args
 
 CALL_SCRIPT = lua("call_store.lua", "cluster_call.lua")
 EVENTS_SCRIPT = lua("cluster_events.lua")

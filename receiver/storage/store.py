@@ -1,8 +1,5 @@
-"""Redis keys and field encoding: the only module that knows the streams contract.
-
-The contract itself is documented in ``docs/streams.md``; a change here that consumers can see
-bumps ``SCHEMA_VERSION``.
-"""
+"""The store: one atomic Lua script call per event, on one Redis (``receiver/storage/cluster.py``
+stores the same contract on a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -16,102 +13,21 @@ from typing import Literal
 
 import redis
 
-from .events import Event, InvalidEvent
-
-SCHEMA_VERSION = "1"
+from receiver.events import Event, InvalidEvent
+from receiver.storage.contract import SCHEMA_VERSION, Keys, entry_fields
 
 
 def lua(*names: str) -> str:
     """The text of the package's Lua files, joined: ``call_store.lua`` defines the per-call
     writes that the single-Redis script and the cluster's per-call step share."""
-    return "\n".join(files(__package__).joinpath(n).read_text(encoding="utf-8") for n in names)
+    return "\n".join(
+        files(__package__).joinpath("lua", n).read_text(encoding="utf-8") for n in names
+    )
 
 
 STORE_SCRIPT = lua("call_store.lua", "store.lua")
 
 Outcome = Literal["stored", "duplicate"]
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Every Redis key the receiver writes, under one prefix (``STREAM_PREFIX``)."""
-
-    prefix: str = "rtt"
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}:events"
-
-    @property
-    def rejected(self) -> str:
-        return f"{self.prefix}:rejected"
-
-    @property
-    def active_calls(self) -> str:
-        return f"{self.prefix}:calls:active"
-
-    def call(self, call_sid: str) -> str:
-        # The braces are a Redis Cluster hash tag: every key of one call lives in one slot.
-        return f"{self.prefix}:call:{{{call_sid}}}"
-
-    def seen(self, call_sid: str) -> str:
-        return f"{self.call(call_sid)}:seen"
-
-    def labels(self, call_sid: str) -> str:
-        return f"{self.call(call_sid)}:labels"
-
-    def finals(self, call_sid: str) -> str:
-        return f"{self.call(call_sid)}:finals"
-
-    def transcriptions(self, call_sid: str) -> str:
-        return f"{self.call(call_sid)}:transcriptions"
-
-    def store_keys(self, call_sid: str) -> list[str]:
-        """The KEYS of ``store.lua``, in its order."""
-        return [
-            self.call(call_sid),
-            self.events,
-            self.seen(call_sid),
-            self.labels(call_sid),
-            self.finals(call_sid),
-            self.active_calls,
-            self.transcriptions(call_sid),
-        ]
-
-
-def entry_fields(event: Event) -> list[str]:
-    """The stream entry of ``event`` as flat field, value pairs; absent fields are left out.
-
-    ``track`` and ``track_label`` of content events are added by the store script, which can
-    see the labels remembered from the transcription's ``transcription-started`` event.
-    """
-    pairs: list[tuple[str, str | None]] = [
-        ("schema", SCHEMA_VERSION),
-        ("event", event.event),
-        ("account_sid", event.account_sid),
-        ("call_sid", event.call_sid),
-        ("transcription_sid", event.transcription_sid),
-        ("sequence_id", None if event.sequence_id is None else str(event.sequence_id)),
-        ("timestamp", event.timestamp),
-        ("received_at", event.received_at),
-    ]
-    if event.event == "content":
-        pairs += [
-            ("final", "true" if event.final else "false"),
-            ("transcript", event.transcript),
-            ("confidence", event.confidence),
-            ("stability", event.stability),
-            ("language_code", event.language_code),
-        ]
-    pairs += list(event.settings.items())
-    pairs += [("error_code", event.error_code), ("error_message", event.error_message)]
-    if event.extra:
-        pairs.append(("extra", json.dumps(event.extra, ensure_ascii=False, sort_keys=True)))
-    flat: list[str] = []
-    for name, value in pairs:
-        if value is not None:
-            flat += (name, value)
-    return flat
 
 
 def store_args(event: Event, *, retention_seconds: int, events_maxlen: int) -> list[str]:

@@ -22,9 +22,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from .config import redact_url
-from .events import SID_PATTERNS
-from .streams import Keys
+from receiver.config import redact_url
+from receiver.events import SID_PATTERNS
+from receiver.storage.store import Keys
 
 BLOCK_MS = 1000
 TRACK_STYLES = {"inbound": "cyan", "outbound": "magenta"}

@@ -49,13 +49,13 @@ from urllib.parse import urlencode, urlsplit
 import click
 import redis
 
-from .embedded import EmbeddedRedis
-from .serving import Served, ServeError, children, start
-from .signature import SIGNATURE_HEADER, compute
-from .streams import Keys
-from .webhooks import CALLBACK_PATH
+from receiver.server.embedded_redis import EmbeddedRedis
+from receiver.server.process import Served, ServeError, children, start
+from receiver.signature import SIGNATURE_HEADER, compute
+from receiver.storage.store import Keys
+from receiver.views.callback import CALLBACK_PATH
 
-WRK_SCRIPT = files(__package__).joinpath("bench.lua")
+WRK_SCRIPT = files(__package__).joinpath("wrk.lua")
 WRK_HINT = (
     "wrk is not installed: using the Python generator, which shares the CPU with the server and "
     "under-reports on small machines. Install wrk with `make test-tools` (Debian/Ubuntu: "
@@ -842,7 +842,10 @@ def run(options: Options, say) -> Report:
                 baseline = None
                 if options.baseline:
                     baseline = start(
-                        env, workdir, app="receiver.bench_baseline:create_app()", workers=workers
+                        env,
+                        workdir,
+                        app="receiver.devtools.bench.baseline:create_app()",
+                        workers=workers,
                     )
                     servers.append(baseline)
             except ServeError as error:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 
-from . import logs, metrics
+from receiver.observability import logs, metrics
 
 
 @dataclass

@@ -17,14 +17,14 @@ import click
 import redis
 from twilio.rest import Client
 
-from .conversation import Faults
-from .embedded import EmbeddedRedis, EmbeddedRedisError
-from .emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
-from .playback import Delivery
-from .serving import Served, ServeError, start
-from .streams import Keys
-from .tail import run as run_tail
-from .webhooks import CALLBACK_PATH
+from receiver.devtools.conversation import Faults
+from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
+from receiver.devtools.playback import Delivery
+from receiver.devtools.tail import run as run_tail
+from receiver.server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from receiver.server.process import Served, ServeError, start
+from receiver.storage.store import Keys
+from receiver.views.callback import CALLBACK_PATH
 
 # Seconds allowed beyond the script's length before the demo stops waiting for the call.
 DEADLINE_MARGIN = 20.0

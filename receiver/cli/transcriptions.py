@@ -19,9 +19,9 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Start, Stop, VoiceResponse
 
-from .emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from .events import SID_PATTERNS
-from .webhooks import CALLBACK_PATH
+from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+from receiver.events import SID_PATTERNS
+from receiver.views.callback import CALLBACK_PATH
 
 # (option, Twilio's parameter, the client's keyword, kind), every parameter of the resource.
 TEXT_OPTIONS = [

@@ -1,0 +1,43 @@
+"""``create_app``: wires settings, storage, views and observability together; nothing more."""
+
+from __future__ import annotations
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from receiver import views
+from receiver.config import Settings, load_settings
+from receiver.observability import logs, metrics, telemetry
+from receiver.storage import open_store
+from receiver.storage.durable import DurableWriter
+from receiver.storage.spool import Spool
+from receiver.views.callback import CALLBACK_PATH
+from receiver.views.services import Receiver
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The Flask app with its store, spool, views and telemetry.
+
+    Settings are read from the environment once, here, so a bad value stops the server at
+    start-up with a message instead of failing the first callback. No thread is started here:
+    ``Receiver.start`` does that in the serving process.
+    """
+    settings = settings or load_settings()
+    logs.configure()
+    store = open_store(settings)
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, MAX_FORM_PARTS=500)
+    if settings.proxy_hops:
+        # Trust X-Forwarded-* from exactly this many proxies: trusting more would let any
+        # client choose the URL whose signature is checked.
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
+    receiver = Receiver(settings, store, DurableWriter(store, spool))
+    app.extensions["receiver"] = receiver
+    views.register(app)
+    live = metrics.LiveState(store.client, store.keys.active_calls, receiver.spool_depth)
+    telemetry.install(app, live, CALLBACK_PATH)
+    return app

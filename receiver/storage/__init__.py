@@ -1,0 +1,46 @@
+"""Storage: the streams contract, the stores that write it, the spool that covers Redis outages."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from receiver.config import Settings
+from receiver.storage import cluster
+from receiver.storage.contract import Keys
+from receiver.storage.store import Store
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """The Redis client callbacks are stored with: bounded, so that past ``REDIS_TIMEOUT_MS``
+    the event goes to the spool instead of keeping Twilio waiting."""
+    if not settings.redis_url:
+        raise ValueError(
+            "REDIS_URL is not set: give the receiver a Redis, or run 'receiver serve', "
+            "which starts an embedded one"
+        )
+    timeout = settings.redis_timeout_ms / 1000
+    options = dict(socket_timeout=timeout, socket_connect_timeout=timeout)
+    if settings.redis_cluster:
+        return cluster.connect(settings.redis_url, **options)
+    # One immediate retry on a broken connection (a pooled one after a Redis restart), none
+    # after a timeout.
+    return redis.Redis.from_url(
+        settings.redis_url,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        **options,
+    )
+
+
+def open_store(settings: Settings) -> Store:
+    """The store for ``settings``: one Redis, or a Redis Cluster (``REDIS_CLUSTER=1``)."""
+    kind = cluster.ClusterStore if settings.redis_cluster else Store
+    return kind(
+        connect(settings),
+        Keys(settings.stream_prefix),
+        settings.call_retention_seconds,
+        settings.events_maxlen,
+        settings.rejected_maxlen,
+    )
