@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ACCOUNT_SID_PATTERN = re.compile(r"^AC[0-9a-fA-F]{32}$")
+from receiver.protocol import SID_PATTERNS
+
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 DEFAULT_SPOOL_DIR = "var/spool"
 
@@ -126,7 +127,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             "verify X-Twilio-Signature without your account's auth token"
         )
     account_sid = env.get("TWILIO_ACCOUNT_SID", "").strip() or None
-    if account_sid and not ACCOUNT_SID_PATTERN.match(account_sid):
+    if account_sid and not SID_PATTERNS["AccountSid"].match(account_sid):
         raise ConfigError(f"TWILIO_ACCOUNT_SID={account_sid!r} does not match AC + 32 hex digits")
     prefix = env.get("STREAM_PREFIX", "").strip() or "rtt"
     if not PREFIX_PATTERN.match(prefix):

@@ -10,41 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-SID_PATTERNS = {
-    "AccountSid": re.compile(r"^AC[0-9a-fA-F]{32}$"),
-    "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}$"),
-    "TranscriptionSid": re.compile(r"^GT[0-9a-fA-F]{32}$"),
-}
+from receiver.protocol import COMMON_PARAMS, CONTENT_PARAMS, EVENTS, SID_PATTERNS
 
-EVENT_NAMES = {
-    "transcription-started": "started",
-    "transcription-content": "content",
-    "transcription-stopped": "stopped",
-    "transcription-error": "error",
-}
-
-TRACKS = {
+# Short names of the tracks, from Twilio's Track values (the short ones are accepted too).
+TRACK_NAMES = {
     "inbound_track": "inbound",
     "outbound_track": "outbound",
     "inbound": "inbound",
     "outbound": "outbound",
 }
-
-# Twilio's names of the parameters that get a field of their own; everything else goes to extra.
-COMMON_PARAMS = (
-    "AccountSid",
-    "CallSid",
-    "TranscriptionSid",
-    "TranscriptionEvent",
-    "Timestamp",
-    "SequenceId",
-)
-STARTED_PARAMS = {
+# Our field names for Twilio's parameters that get a field of their own.
+STARTED_FIELDS = {
     "Name": "name",
     "Track": "track_setting",
     "LanguageCode": "language_code",
@@ -55,8 +35,7 @@ STARTED_PARAMS = {
     "OutboundTrackLabel": "outbound_track_label",
     "ProviderConfiguration": "provider_configuration",
 }
-CONTENT_PARAMS = ("Track", "TranscriptionData", "Final", "Stability", "LanguageCode")
-ERROR_PARAMS = {"TranscriptionErrorCode": "error_code", "TranscriptionError": "error_message"}
+ERROR_FIELDS = {"TranscriptionErrorCode": "error_code", "TranscriptionError": "error_message"}
 
 MAX_VALUE_LENGTH = 64 * 1024
 # Below 10^14: sorted-set scores are doubles, and Lua's cjson writes 14 significant digits.
@@ -209,8 +188,8 @@ def _track(raw: str | None) -> tuple[str | None, str | None, bool]:
     """(track, label, label_is_explicit) from Twilio's ``Track``, which may carry a label."""
     if raw is None or raw == "":
         return None, None, False
-    if raw in TRACKS:
-        return TRACKS[raw], None, False
+    if raw in TRACK_NAMES:
+        return TRACK_NAMES[raw], None, False
     return None, raw, True
 
 
@@ -224,7 +203,7 @@ def parse(
     raw_event = _one(params, "TranscriptionEvent")
     if not raw_event:
         raise InvalidEvent("TranscriptionEvent", None, "required on every transcription callback")
-    event = EVENT_NAMES.get(raw_event, raw_event)
+    event = EVENTS.get(raw_event, raw_event)
     account_sid = _sid(params, "AccountSid")
     call_sid = _sid(params, "CallSid")
     transcription_sid = _sid(params, "TranscriptionSid")
@@ -250,14 +229,14 @@ def parse(
             language_code=_one(params, "LanguageCode"),
         )
     elif event == "started":
-        consumed.update(STARTED_PARAMS)
+        consumed.update(STARTED_FIELDS)
         fields["settings"] = {
             ours: value
-            for theirs, ours in STARTED_PARAMS.items()
+            for theirs, ours in STARTED_FIELDS.items()
             if (value := _one(params, theirs)) is not None
         }
     elif event == "error":
-        consumed.update(ERROR_PARAMS)
+        consumed.update(ERROR_FIELDS)
         fields["error_code"] = _one(params, "TranscriptionErrorCode")
         fields["error_message"] = _one(params, "TranscriptionError")
 

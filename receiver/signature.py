@@ -25,10 +25,9 @@ from twilio.request_validator import (
     remove_port,
 )
 
-SIGNATURE_HEADER = "X-Twilio-Signature"
-SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 # Base64 of a SHA-256 digest is 44 characters; anything much longer is not a signature.
 MAX_SIGNATURE_LENGTH = 128
+
 
 Params = Mapping[str, Sequence[str]]
 

@@ -15,6 +15,7 @@ from receiver import signature
 from receiver.config import Settings
 from receiver.events import TrackLabels
 from receiver.observability.telemetry import note
+from receiver.protocol import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 # Optional labels on the callback URL's query string (the signature covers them).
 LABEL_PARAMS = ("inbound_label", "outbound_label")
@@ -72,15 +73,19 @@ def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
     """The callback's signed parameters, or a 403 when the signature does not hold."""
     form = _form_params(req)
     url = signed_url(req, settings)
-    header = req.headers.get(signature.SIGNATURE_HEADER)
+    header = req.headers.get(SIGNATURE_HEADER)
     if header is None:
         note(outcome="signature_failure")
-        raise Refused(403, f"missing {signature.SIGNATURE_HEADER} header")
+        raise Refused(403, f"missing {SIGNATURE_HEADER} header")
     if not signature.is_valid(
-        url, form, header, settings.auth_tokens, req.headers.get(signature.SETTINGS_HEADER)
+        url,
+        form,
+        header,
+        settings.auth_tokens,
+        req.headers.get(SIGNATURE_SETTINGS_HEADER),
     ):
         note(outcome="signature_failure")
-        raise Refused(403, f"invalid {signature.SIGNATURE_HEADER} for {url}")
+        raise Refused(403, f"invalid {SIGNATURE_HEADER} for {url}")
     if req.method == "POST":
         params = form
     else:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import redis
 import requests
 
+from receiver.protocol import is_retried
+
 from .twilio_calls import CALLBACK_PATH, sid, sign, whole_call
 
 # Twilio retries these (error 17580); other 4xx are final.
-RETRIED = {408, 425, 429} | set(range(500, 600))
 
 
 @dataclass
@@ -62,7 +63,7 @@ def deliver(
                 tally.acknowledged.add((params["CallSid"], params["SequenceId"]))
                 tally.spooled += status == 202
             return
-        if status not in RETRIED:
+        if not is_retried(status):
             break
         time.sleep(0.05 * (attempt + 1))
     with tally.lock:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
+
+from receiver.protocol import callback_params, content_params
 
 TOKEN = "12345"
 ACCOUNT_SID = "AC" + "0" * 32
@@ -28,17 +29,15 @@ def callback(
     sequence_id: int | None,
     **fields: str,
 ) -> dict[str, str]:
-    params = {
-        "AccountSid": ACCOUNT_SID,
-        "CallSid": call_sid,
-        "TranscriptionSid": transcription_sid,
-        "TranscriptionEvent": f"transcription-{event}",
-        "Timestamp": "2026-11-28T09:00:00.000000Z",
-    }
-    if sequence_id is not None:
-        params["SequenceId"] = str(sequence_id)
-    params.update(fields)
-    return params
+    return callback_params(
+        event,
+        account_sid=ACCOUNT_SID,
+        call_sid=call_sid,
+        transcription_sid=transcription_sid,
+        sequence_id=sequence_id,
+        timestamp="2026-11-28T09:00:00.000000Z",
+        **fields,
+    )
 
 
 def content(
@@ -52,20 +51,14 @@ def content(
     confidence=0.93,
     **fields,
 ) -> dict[str, str]:
-    data = {"transcript": text, "confidence": confidence} if final else {"transcript": text}
-    extra = {} if final else {"Stability": "0.8"}
-    return callback(
-        "content",
-        call_sid,
-        transcription_sid,
-        seq,
-        Track=track,
-        TranscriptionData=json.dumps(data),
-        Final="true" if final else "false",
-        LanguageCode="en-US",
-        **extra,
-        **fields,
+    params = content_params(
+        track,
+        text,
+        final=final,
+        confidence=confidence if final else None,
+        stability=None if final else "0.8",
     )
+    return callback("content", call_sid, transcription_sid, seq, **{**params, **fields})
 
 
 def whole_call(call_sid: str, transcription_sid: str) -> list[dict[str, str]]:

@@ -29,6 +29,7 @@ from receiver.devtools.emulator import (
     Transcription,
 )
 from receiver.devtools.playback import Summary
+from receiver.protocol import TRACK_SETTINGS
 from receiver.views.callback import CALLBACK_PATH
 
 DEFAULT_EMULATOR_PORT = 8010
@@ -229,7 +230,7 @@ def report(transcriptions: list[Transcription]) -> tuple[str, bool]:
 @click.option("--method", type=click.Choice(["POST", "GET"]), default="POST", show_default=True)
 @click.option(
     "--track",
-    type=click.Choice(["both_tracks", "inbound_track", "outbound_track"]),
+    type=click.Choice(TRACK_SETTINGS),
     default="both_tracks",
     show_default=True,
 )

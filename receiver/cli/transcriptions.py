@@ -20,7 +20,7 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import Start, Stop, VoiceResponse
 
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from receiver.events import SID_PATTERNS
+from receiver.protocol import SID_PATTERNS, TRACK_SETTINGS
 from receiver.views.callback import CALLBACK_PATH
 
 # (option, Twilio's parameter, the client's keyword, kind), every parameter of the resource.
@@ -52,7 +52,7 @@ def resource_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--track",
-            type=click.Choice(["inbound_track", "outbound_track", "both_tracks"]),
+            type=click.Choice(TRACK_SETTINGS),
             help="Which audio to transcribe (Twilio's default: both_tracks).",
         ),
         click.option(

@@ -18,9 +18,15 @@ from pathlib import Path
 
 import yaml
 
+from receiver.protocol import (
+    boolean,
+    callback_params,
+    content_params,
+    timestamp,
+    track_param,
+)
+
 TRACKS = ("inbound", "outbound")
-TRACK_PARAM = {"inbound": "inbound_track", "outbound": "outbound_track"}
-TRACK_SETTINGS = ("inbound_track", "outbound_track", "both_tracks")
 BUILTIN_SCRIPT = "support-call"
 # Stability Google reports on partial results grows as more audio confirms the words.
 MIN_STABILITY, MAX_STABILITY = 0.4, 0.9
@@ -189,20 +195,11 @@ def load_script(path: str | Path | None = None) -> Script:
     return parse_script(data, path.name)
 
 
-def timestamp(at: datetime) -> str:
-    """Twilio's ``Timestamp``: ISO 8601, UTC, microseconds, ``Z``."""
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _bool(value: bool) -> str:
-    return "true" if value else "false"
-
-
 def _provider_configuration(settings: TranscriptionSettings) -> str:
     config: dict[str, object] = {
-        "profanityFilter": _bool(settings.profanity_filter),
+        "profanityFilter": boolean(settings.profanity_filter),
         "speechModel": settings.speech_model,
-        "enableAutomaticPunctuation": _bool(settings.enable_automatic_punctuation),
+        "enableAutomaticPunctuation": boolean(settings.enable_automatic_punctuation),
     }
     if settings.hints:
         config["hints"] = settings.hints
@@ -214,7 +211,7 @@ def _started(settings: TranscriptionSettings) -> dict[str, str]:
         "Track": settings.track,
         "LanguageCode": settings.language_code or "en-US",
         "TranscriptionEngine": settings.transcription_engine,
-        "PartialResults": _bool(settings.partial_results),
+        "PartialResults": boolean(settings.partial_results),
         "ProviderConfiguration": _provider_configuration(settings),
     }
     optional = {
@@ -235,18 +232,15 @@ def _content(
     confidence: float,
     stability: float,
 ) -> dict[str, str]:
-    data: dict[str, object] = {"transcript": text}
-    if final:
-        data["confidence"] = confidence
     label = settings.label(track)
-    params = {
-        "Track": label if faults.track_as_label and label else TRACK_PARAM[track],
-        "TranscriptionData": json.dumps(data, ensure_ascii=False),
-        "Final": _bool(final),
-        "LanguageCode": settings.language_code or "en-US",
-    }
-    if not final:
-        params["Stability"] = f"{stability:.2f}"
+    params = content_params(
+        label if faults.track_as_label and label else track_param(track),
+        text,
+        final=final,
+        confidence=confidence if final else None,
+        stability=None if final else stability,
+        language_code=settings.language_code or "en-US",
+    )
     if settings.enable_provider_data:
         # The emulator's choice of shape: Twilio documents the flag, not the payload.
         params["ProviderData"] = json.dumps(
@@ -286,14 +280,14 @@ def _utterance_events(
 
 
 def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict[str, str]:
-    return {
-        "AccountSid": identity.account_sid,
-        "CallSid": identity.call_sid,
-        "TranscriptionSid": identity.transcription_sid,
-        "TranscriptionEvent": f"transcription-{event}",
-        "Timestamp": timestamp(identity.started_at + timedelta(seconds=at / identity.speed)),
-        "SequenceId": str(sequence_id),
-    }
+    return callback_params(
+        event,
+        account_sid=identity.account_sid,
+        call_sid=identity.call_sid,
+        transcription_sid=identity.transcription_sid,
+        sequence_id=sequence_id,
+        timestamp=timestamp(identity.started_at + timedelta(seconds=at / identity.speed)),
+    )
 
 
 def events(

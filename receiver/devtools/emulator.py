@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Mapping
@@ -31,9 +30,10 @@ from receiver.devtools.conversation import (
     timeline,
 )
 from receiver.devtools.playback import Playback
+from receiver.protocol import SID_PATTERNS, TRACK_SETTINGS
 
-ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
-CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+ACCOUNT_SID = SID_PATTERNS["AccountSid"]
+CALL_SID = SID_PATTERNS["CallSid"]
 API_PREFIX = "/2010-04-01/Accounts/<account_sid>/Calls/<call_sid>/Transcriptions"
 METHODS = ("GET", "POST")
 BOOLEAN_PARAMS = {
@@ -163,7 +163,7 @@ class Emulator:
         """The create request's parameters, validated like Twilio's, with Twilio's defaults."""
         values: dict[str, object] = {}
         track = params.get("Track", "both_tracks")
-        if track not in ("inbound_track", "outbound_track", "both_tracks"):
+        if track not in TRACK_SETTINGS:
             raise invalid("Track", track, "must be inbound_track, outbound_track or both_tracks")
         values["track"] = track
         method = params.get("StatusCallbackMethod", "POST").upper()

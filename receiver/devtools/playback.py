@@ -18,15 +18,9 @@ import requests
 
 from receiver import signature
 from receiver.devtools.conversation import Callback, Identity, stop_early
+from receiver.protocol import SIGNATURE_HEADER, is_retried
 
 USER_AGENT = "TwilioProxy/1.1"
-# Twilio retries every 5xx and these 4xx answers (error 17580); other 4xx are final.
-RETRIED_CLIENT_ERRORS = frozenset({408, 425, 429})
-
-
-def is_retried(status: int) -> bool:
-    """Whether Twilio would send the callback again after this answer."""
-    return status >= 500 or status in RETRIED_CLIENT_ERRORS
 
 
 @dataclass(frozen=True)
@@ -79,9 +73,9 @@ def signed_request(
         url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
     wire = requests.Request(method, url).prepare().url or url
     if method == "GET":
-        return wire, None, {signature.SIGNATURE_HEADER: signature.compute(auth_token, wire, {})}
+        return wire, None, {SIGNATURE_HEADER: signature.compute(auth_token, wire, {})}
     multi = {name: [value] for name, value in params.items()}
-    return wire, params, {signature.SIGNATURE_HEADER: signature.compute(auth_token, wire, multi)}
+    return wire, params, {SIGNATURE_HEADER: signature.compute(auth_token, wire, multi)}
 
 
 def send(

@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.text import Text
 
 from receiver.config import redact_url
-from receiver.events import SID_PATTERNS
+from receiver.protocol import SID_PATTERNS
 from receiver.storage.store import Keys
 
 BLOCK_MS = 1000

@@ -42,6 +42,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -49,9 +50,10 @@ from urllib.parse import urlencode, urlsplit
 import click
 import redis
 
+from receiver.protocol import SIGNATURE_HEADER, callback_params, content_params, timestamp
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served, ServeError, children, start
-from receiver.signature import SIGNATURE_HEADER, compute
+from receiver.signature import compute
 from receiver.storage.store import Keys
 from receiver.views.callback import CALLBACK_PATH
 
@@ -125,15 +127,14 @@ def call_params(account_sid: str, call_sid: str, rng: random.Random) -> Iterator
     sequence = 1
 
     def common(event: str) -> dict[str, str]:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(clock))
-        return {
-            "AccountSid": account_sid,
-            "CallSid": call_sid,
-            "TranscriptionSid": transcription_sid,
-            "TranscriptionEvent": f"transcription-{event}",
-            "Timestamp": f"{stamp}.{int(clock % 1 * 1e6):06d}Z",
-            "SequenceId": str(sequence),
-        }
+        return callback_params(
+            event,
+            account_sid=account_sid,
+            call_sid=call_sid,
+            transcription_sid=transcription_sid,
+            sequence_id=sequence,
+            timestamp=timestamp(datetime.fromtimestamp(clock, UTC)),
+        )
 
     yield {
         **common("started"),
@@ -155,18 +156,12 @@ def call_params(account_sid: str, call_sid: str, rng: random.Random) -> Iterator
             text = " ".join(words[:n])
             if final:
                 text = text[0].upper() + text[1:] + "."
-                data = {"transcript": text, "confidence": round(rng.uniform(0.8, 0.99), 7)}
-                extra = {}
+                scores = {"confidence": round(rng.uniform(0.8, 0.99), 7)}
             else:
-                data = {"transcript": text}
-                extra = {"Stability": f"{rng.uniform(0.6, 0.95):.2f}"}
+                scores = {"stability": rng.uniform(0.6, 0.95)}
             yield {
                 **common("content"),
-                "Track": track,
-                "TranscriptionData": json.dumps(data),
-                "Final": "true" if final else "false",
-                "LanguageCode": "en-US",
-                **extra,
+                **content_params(track, text, final=final, **scores),
             }
 
 

@@ -1,0 +1,140 @@
+"""Twilio's Real-Time Transcription protocol, written once: parameter names, SID patterns, event
+names, the retry rule, and the one builder of callback parameters.
+
+The parser (``receiver/events.py``), the emulator, the bench and the tests all take Twilio's
+names from here. Sources and how sure each fact is: ``shared/twilio-rtt-protocol.md`` and
+``docs/emulator.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+# -- identifiers ------------------------------------------------------------------------------
+
+SID_PATTERNS = {
+    "AccountSid": re.compile(r"^AC[0-9a-fA-F]{32}$"),
+    "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}$"),
+    "TranscriptionSid": re.compile(r"^GT[0-9a-fA-F]{32}$"),
+}
+
+# -- the status callbacks ---------------------------------------------------------------------
+
+EVENT_PREFIX = "transcription-"
+# Twilio's TranscriptionEvent values and our short names for them.
+EVENTS = {
+    "transcription-started": "started",
+    "transcription-content": "content",
+    "transcription-stopped": "stopped",
+    "transcription-error": "error",
+}
+# Every event carries these.
+COMMON_PARAMS = (
+    "AccountSid",
+    "CallSid",
+    "TranscriptionSid",
+    "TranscriptionEvent",
+    "Timestamp",
+    "SequenceId",
+)
+STARTED_PARAMS = (
+    "Name",
+    "Track",
+    "LanguageCode",
+    "TranscriptionEngine",
+    "SpeechModel",
+    "PartialResults",
+    "InboundTrackLabel",
+    "OutboundTrackLabel",
+    "ProviderConfiguration",
+)
+CONTENT_PARAMS = ("Track", "TranscriptionData", "Final", "Stability", "LanguageCode")
+ERROR_PARAMS = ("TranscriptionErrorCode", "TranscriptionError")
+
+# Track values: what a content event's Track names, and what a transcription is started with.
+TRACKS = ("inbound_track", "outbound_track")
+TRACK_SETTINGS = (*TRACKS, "both_tracks")
+
+
+def track_param(track: str) -> str:
+    """Twilio's Track value for our short track name (``inbound`` -> ``inbound_track``)."""
+    return f"{track}_track"
+
+
+def boolean(value: bool) -> str:
+    """Twilio's booleans in callbacks: ``"true"`` / ``"false"``."""
+    return "true" if value else "false"
+
+
+def timestamp(at: datetime, digits: int = 6) -> str:
+    """Twilio's ``Timestamp``: ISO 8601 UTC with ``digits`` fractional digits (3, 6 or 9 in
+    Twilio's own examples) and ``Z``. ``at`` must be aware and in UTC."""
+    fraction = f"{at.microsecond:06d}"
+    fraction = fraction[:digits] if digits <= 6 else fraction + "0" * (digits - 6)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + fraction + "Z"
+
+
+def callback_params(
+    event: str,
+    *,
+    account_sid: str,
+    call_sid: str,
+    transcription_sid: str,
+    sequence_id: int | None,
+    timestamp: str | None,
+    **params: str | None,
+) -> dict[str, str]:
+    """The form parameters of one callback: the common ones, then ``params`` (Twilio's names;
+    ``None`` values are left out, as Twilio leaves out what does not apply)."""
+    common = {
+        "AccountSid": account_sid,
+        "CallSid": call_sid,
+        "TranscriptionSid": transcription_sid,
+        "TranscriptionEvent": EVENT_PREFIX + event,
+        "Timestamp": timestamp,
+        "SequenceId": None if sequence_id is None else str(sequence_id),
+    }
+    return {k: v for k, v in {**common, **params}.items() if v is not None}
+
+
+def content_params(
+    track: str,
+    transcript: str,
+    *,
+    final: bool,
+    confidence: float | None = None,
+    stability: float | str | None = None,
+    language_code: str = "en-US",
+) -> dict[str, str]:
+    """The parameters of a ``transcription-content`` event beyond the common ones."""
+    data: dict[str, object] = {"transcript": transcript}
+    if confidence is not None:
+        data["confidence"] = confidence
+    params = {
+        "Track": track,
+        "TranscriptionData": json.dumps(data, ensure_ascii=False),
+        "Final": boolean(final),
+        "LanguageCode": language_code,
+    }
+    if stability is not None:
+        params["Stability"] = stability if isinstance(stability, str) else f"{stability:.2f}"
+    return params
+
+
+# -- retries (Twilio's error 17580) -----------------------------------------------------------
+
+# Twilio retries every 5xx and these 4xx answers; other 4xx are final.
+RETRIED_CLIENT_ERRORS = frozenset({408, 425, 429})
+
+
+def is_retried(status: int) -> bool:
+    """Whether Twilio sends a callback again after this answer."""
+    return status >= 500 or status in RETRIED_CLIENT_ERRORS
+
+
+# -- signatures -------------------------------------------------------------------------------
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
