@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import pytest
 
 from receiver.devtools.conversation import (
+    ConversationError,
     Faults,
     Identity,
-    ScriptError,
     TranscriptionSettings,
-    deliver,
+    apply_faults,
     events,
-    load_script,
-    parse_script,
+    load_conversation,
+    parse_conversation,
     stop_early,
     timeline,
 )
@@ -32,7 +32,7 @@ SETTINGS = TranscriptionSettings(
 
 
 def test_builtin_script_is_a_two_party_call():
-    script = load_script()
+    script = load_conversation()
     assert {u.track for u in script.utterances} == {"inbound", "outbound"}
     assert len(script.utterances) >= 6
     starts = [u.at for u in script.utterances]
@@ -44,8 +44,8 @@ def test_script_files_yaml_and_json(tmp_path):
     data = {"name": "tiny", "utterances": [{"track": "inbound", "at": 0, "text": "hello there"}]}
     (tmp_path / "tiny.json").write_text(json.dumps(data))
     (tmp_path / "tiny.yaml").write_text("utterances:\n  - {track: outbound, at: 1, text: hi}\n")
-    assert load_script(tmp_path / "tiny.json").utterances[0].text == "hello there"
-    assert load_script(tmp_path / "tiny.yaml").utterances[0].track == "outbound"
+    assert load_conversation(tmp_path / "tiny.json").utterances[0].text == "hello there"
+    assert load_conversation(tmp_path / "tiny.yaml").utterances[0].track == "outbound"
 
 
 @pytest.mark.parametrize(
@@ -59,21 +59,21 @@ def test_script_files_yaml_and_json(tmp_path):
     ],
 )
 def test_bad_scripts_name_the_field(data, words):
-    with pytest.raises(ScriptError) as caught:
-        parse_script(data, "s.yaml")
+    with pytest.raises(ConversationError) as caught:
+        parse_conversation(data, "s.yaml")
     assert words in str(caught.value)
 
 
 def test_unreadable_script_file(tmp_path):
-    with pytest.raises(ScriptError, match="No such file"):
-        load_script(tmp_path / "missing.yaml")
+    with pytest.raises(ConversationError, match="No such file"):
+        load_conversation(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("utterances: [\n")
-    with pytest.raises(ScriptError, match="not valid YAML"):
-        load_script(tmp_path / "broken.yaml")
+    with pytest.raises(ConversationError, match="not valid YAML"):
+        load_conversation(tmp_path / "broken.yaml")
 
 
 def test_events_in_order_with_growing_sequence():
-    plan = events(load_script(), SETTINGS, IDENTITY)
+    plan = events(load_conversation(), SETTINGS, IDENTITY)
     assert [c.sequence_id for c in plan] == list(range(1, len(plan) + 1))
     assert [c.event_at for c in plan] == sorted(c.event_at for c in plan)
     assert plan[0].params["Timestamp"] == "2026-11-28T09:00:00.000000Z"
@@ -81,21 +81,21 @@ def test_events_in_order_with_growing_sequence():
 
 
 def test_track_as_label():
-    plan = events(load_script(), SETTINGS, IDENTITY, Faults(track_as_label=True))
+    plan = events(load_conversation(), SETTINGS, IDENTITY, Faults(track_as_label=True))
     tracks = {c.params["Track"] for c in plan if c.event == "transcription-content"}
     assert tracks == {"customer", "agent"}
 
 
 def test_provider_data_only_when_enabled():
-    plain = events(load_script(), SETTINGS, IDENTITY)
+    plain = events(load_conversation(), SETTINGS, IDENTITY)
     assert not any("ProviderData" in c.params for c in plain)
     settings = TranscriptionSettings("http://127.0.0.1:9/cb", enable_provider_data=True)
-    rich = [c for c in events(load_script(), settings, IDENTITY) if "Final" in c.params]
+    rich = [c for c in events(load_conversation(), settings, IDENTITY) if "Final" in c.params]
     assert rich and all(json.loads(c.params["ProviderData"])["isFinal"] for c in rich)
 
 
 def test_error_ends_the_transcription():
-    plan = events(load_script(), SETTINGS, IDENTITY, Faults(error_at=8.0, error_code="95100"))
+    plan = events(load_conversation(), SETTINGS, IDENTITY, Faults(error_at=8.0, error_code="95100"))
     names = [c.event for c in plan]
     assert names[-2:] == ["transcription-error", "transcription-stopped"]
     error = plan[-2].params
@@ -106,8 +106,8 @@ def test_error_ends_the_transcription():
 
 
 def test_duplicates_repeat_exact_parameters():
-    base = events(load_script(), SETTINGS, IDENTITY)
-    sent = deliver(base, Faults(duplicates=0.5, seed=7))
+    base = events(load_conversation(), SETTINGS, IDENTITY)
+    sent = apply_faults(base, Faults(duplicates=0.5, seed=7))
     copies = [c for c in sent if c.note == "duplicate"]
     assert copies
     for copy in copies:
@@ -116,8 +116,8 @@ def test_duplicates_repeat_exact_parameters():
 
 
 def test_reordering_and_delays_change_delivery_order_only():
-    base = events(load_script(), SETTINGS, IDENTITY)
-    sent = deliver(base, Faults(reorder=0.3, delay=0.3, max_delay=3, seed=3))
+    base = events(load_conversation(), SETTINGS, IDENTITY)
+    sent = apply_faults(base, Faults(reorder=0.3, delay=0.3, max_delay=3, seed=3))
     order = [c.sequence_id for c in sent]
     assert order != sorted(order)
     assert sorted(order) == [c.sequence_id for c in base]
@@ -127,13 +127,13 @@ def test_reordering_and_delays_change_delivery_order_only():
 
 def test_same_seed_same_timeline():
     faults = Faults(duplicates=0.2, reorder=0.2, delay=0.2, seed=42)
-    assert timeline(load_script(), SETTINGS, IDENTITY, faults) == timeline(
-        load_script(), SETTINGS, IDENTITY, faults
+    assert timeline(load_conversation(), SETTINGS, IDENTITY, faults) == timeline(
+        load_conversation(), SETTINGS, IDENTITY, faults
     )
 
 
 def test_stop_early_sends_what_happened_then_stopped():
-    plan = timeline(load_script(), SETTINGS, IDENTITY)
+    plan = timeline(load_conversation(), SETTINGS, IDENTITY)
     rest = stop_early(IDENTITY, plan, 2, 7.0)
     assert rest[-1].event == "transcription-stopped"
     assert all(c.event_at <= 7.0 for c in rest)
@@ -150,15 +150,15 @@ def test_timestamps_are_wall_clock_at_any_speed():
         IDENTITY.started_at,
         speed=10.0,
     )
-    plan = events(load_script(), SETTINGS, fast)
+    plan = events(load_conversation(), SETTINGS, fast)
     first_final = next(c for c in plan if c.params.get("Final") == "true")
-    utterance = load_script().utterances[0]
+    utterance = load_conversation().utterances[0]
     seconds = (utterance.at + utterance.duration) / 10.0
     assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}Z"
 
 
 def test_script_language_is_the_default_language_code():
-    script = parse_script(
+    script = parse_conversation(
         {"language_code": "fr-FR", "utterances": [{"track": "inbound", "at": 0, "text": "bonjour"}]}
     )
     plan = events(script, SETTINGS, IDENTITY)
@@ -166,23 +166,23 @@ def test_script_language_is_the_default_language_code():
     chosen = TranscriptionSettings("http://127.0.0.1:9/cb", language_code="de-DE")
     plan = events(script, chosen, IDENTITY)
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"de-DE"}
-    english = events(load_script(), SETTINGS, IDENTITY)
+    english = events(load_conversation(), SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in english if "LanguageCode" in c.params} == {"en-US"}
 
 
 def test_max_delay_zero_delays_nothing():
-    base = events(load_script(), SETTINGS, IDENTITY)
-    sent = deliver(base, Faults(delay=1.0, max_delay=0.0, seed=5))
+    base = events(load_conversation(), SETTINGS, IDENTITY)
+    sent = apply_faults(base, Faults(delay=1.0, max_delay=0.0, seed=5))
     assert [(c.sequence_id, c.send_at) for c in sent] == [(c.sequence_id, c.send_at) for c in base]
     lags = [
         late.send_at - late.event_at
-        for late in deliver(base, Faults(delay=1.0, max_delay=0.1, seed=5))
+        for late in apply_faults(base, Faults(delay=1.0, max_delay=0.1, seed=5))
     ]
     assert all(0 <= lag <= 0.1 for lag in lags)
 
 
 def test_error_at_zero_still_starts():
-    plan = events(load_script(), SETTINGS, IDENTITY, Faults(error_at=0.0))
+    plan = events(load_conversation(), SETTINGS, IDENTITY, Faults(error_at=0.0))
     assert [c.event for c in plan] == [
         "transcription-started",
         "transcription-error",

@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from receiver.devtools.conversation import load_script
+from receiver.devtools.conversation import load_conversation
 
 
 def test_demo_plays_one_call_and_cleans_up():
@@ -24,11 +24,12 @@ def test_demo_plays_one_call_and_cleans_up():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    finals = [u.text for u in load_script().utterances]
+    finals = [u.text for u in load_conversation().utterances]
     shown = [line for line in out.splitlines() if line.endswith(tuple(finals))]
     assert [line.split(maxsplit=3)[3] for line in shown] == finals
     assert [line.split()[2] for line in shown] == [
-        {"inbound": "customer", "outbound": "agent"}[u.track] for u in load_script().utterances
+        {"inbound": "customer", "outbound": "agent"}[u.track]
+        for u in load_conversation().utterances
     ]
     assert "transcription started" in out and "transcription stopped" in out
     assert re.search(r"Done in [\d.]+s: (\d+) callbacks \(answers: 200\), \1 events", out)

@@ -13,7 +13,12 @@ import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
-from receiver.devtools.conversation import Identity, TranscriptionSettings, events, load_script
+from receiver.devtools.conversation import (
+    Identity,
+    TranscriptionSettings,
+    events,
+    load_conversation,
+)
 from receiver.devtools.emulator import Emulator, EmulatorServer
 from receiver.devtools.playback import send
 
@@ -221,7 +226,7 @@ def test_full_call_callbacks_post(twilio: Client, emulator: EmulatorServer, sink
     assert partials and all(0 < float(p["Stability"]) < 1 for p in partials)
     assert all("Stability" not in p for p in finals)
     assert {p["Track"] for p in content} == {"inbound_track", "outbound_track"}
-    script = load_script()
+    script = load_conversation()
     assert [json.loads(p["TranscriptionData"])["transcript"] for p in finals] == [
         u.text for u in script.utterances
     ]
@@ -250,7 +255,7 @@ def test_get_one_track_no_partials(twilio: Client, emulator: EmulatorServer, sin
     content = [r.params for r in got if r.params["TranscriptionEvent"] == "transcription-content"]
     assert {p["Track"] for p in content} == {"inbound_track"}
     assert {p["Final"] for p in content} == {"true"}
-    inbound = [u.text for u in load_script().utterances if u.track == "inbound"]
+    inbound = [u.text for u in load_conversation().utterances if u.track == "inbound"]
     assert [json.loads(p["TranscriptionData"])["transcript"] for p in content] == inbound
     assert "Name" not in got[0].params
 
@@ -269,7 +274,7 @@ def test_stop_mid_call_sends_stopped_next(emulator: EmulatorServer, sink: Callba
     assert events[0] == "transcription-started"
     assert events[-1] == "transcription-stopped"
     assert events.count("transcription-stopped") == 1
-    assert 1 <= events.count("transcription-content") < len(load_script().utterances)
+    assert 1 <= events.count("transcription-content") < len(load_conversation().utterances)
     assert [int(r.params["SequenceId"]) for r in got] == list(range(1, len(got) + 1))
 
 
@@ -311,7 +316,7 @@ def test_retries_what_twilio_retries(emulator: EmulatorServer, twilio: Client, s
 def test_retries_every_5xx_and_408_425_429(sink, status: int, attempts: int):
     identity = Identity(sid("AC"), sid("CA"), sid("GT"), datetime.now(UTC))
     settings = TranscriptionSettings(sink.url, track="inbound_track")
-    first = events(load_script(), settings, identity)[0]
+    first = events(load_conversation(), settings, identity)[0]
     sink.status = status
     with requests.Session() as session:
         delivery = send(

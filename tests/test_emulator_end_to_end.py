@@ -8,7 +8,7 @@ import json
 import pytest
 from twilio.rest import Client
 
-from receiver.devtools.conversation import Faults, load_script
+from receiver.devtools.conversation import Faults, load_conversation
 from receiver.devtools.emulator import Emulator, EmulatorServer
 
 from .twilio_calls import sid
@@ -71,7 +71,7 @@ def test_full_call_through_the_rest_resource(start_receiver, redis_client, metho
     assert {d.status for d in playback.deliveries} == {200}
 
     entries = [fields for _, fields in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
-    assert [row(e) for e in entries] == expected_entries(load_script())
+    assert [row(e) for e in entries] == expected_entries(load_conversation())
     assert [int(e["sequence_id"]) for e in entries] == list(range(1, len(entries) + 1))
     assert {e["transcription_sid"] for e in entries} == {created.sid}
     assert {e["account_sid"] for e in entries} == {ACCOUNT}
@@ -88,7 +88,7 @@ def test_full_call_through_the_rest_resource(start_receiver, redis_client, metho
     finals = [json.loads(m) for m in redis_client.zrange(f"rtt:call:{{{call_sid}}}:finals", 0, -1)]
     assert [(f["track_label"], f["transcript"]) for f in finals] == [
         ({"inbound": "customer", "outbound": "agent"}[u.track], u.text)
-        for u in load_script().utterances
+        for u in load_conversation().utterances
     ]
     assert redis_client.xlen("rtt:events") == len(entries)
     assert redis_client.zscore("rtt:calls:active", call_sid) is None
@@ -119,7 +119,7 @@ def test_faulty_delivery_still_lands_exactly_once(start_receiver, redis_client):
     assert len(entries) == len({d.callback.sequence_id for d in deliveries})
     assert len(deliveries) > len(entries)
     finals = [json.loads(m) for m in redis_client.zrange(f"rtt:call:{{{call_sid}}}:finals", 0, -1)]
-    assert [f["transcript"] for f in finals] == [u.text for u in load_script().utterances]
+    assert [f["transcript"] for f in finals] == [u.text for u in load_conversation().utterances]
 
 
 def test_labels_in_track_and_an_error_mid_call(start_receiver, redis_client):
@@ -140,7 +140,7 @@ def test_labels_in_track_and_an_error_mid_call(start_receiver, redis_client):
     assert [e["event"] for e in entries][-2:] == ["error", "stopped"]
     assert entries[-2]["error_code"] == "95100"
     content = [e for e in entries if e["event"] == "content"]
-    spoken = [u for u in load_script().utterances if u.at + u.duration < 10.0]
+    spoken = [u for u in load_conversation().utterances if u.at + u.duration < 10.0]
     assert [(e["track"], e["track_label"], e["transcript"]) for e in content] == [
         (u.track, {"inbound": "customer", "outbound": "agent"}[u.track], u.text) for u in spoken
     ]

@@ -19,7 +19,12 @@ from typing import Any
 
 import click
 
-from receiver.devtools.conversation import DEFAULT_ERROR_CODE, Faults, ScriptError, load_script
+from receiver.devtools.conversation import (
+    DEFAULT_ERROR_CODE,
+    ConversationError,
+    Faults,
+    load_conversation,
+)
 from receiver.devtools.emulator import (
     DEFAULT_ACCOUNT_SID,
     DEFAULT_AUTH_TOKEN,
@@ -37,7 +42,7 @@ Probability = click.FloatRange(0.0, 1.0)
 
 
 def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Script, speed and fault options, turned into ``script``, ``faults`` and ``speed``."""
+    """Conversation, speed and fault options, turned into ``script``, ``faults`` and ``speed``."""
     options = [
         click.option(
             "--script",
@@ -83,8 +88,8 @@ def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         try:
-            script = load_script(kwargs.pop("script_path"))
-        except ScriptError as error:
+            script = load_conversation(kwargs.pop("script_path"))
+        except ConversationError as error:
             raise click.BadParameter(str(error), param_hint="--script") from None
         faults = Faults(
             duplicates=kwargs.pop("duplicates"),

@@ -27,7 +27,7 @@ from receiver.protocol import (
 )
 
 TRACKS = ("inbound", "outbound")
-BUILTIN_SCRIPT = "support-call"
+BUILTIN_CONVERSATION = "support-call"
 # Stability Google reports on partial results grows as more audio confirms the words.
 MIN_STABILITY, MAX_STABILITY = 0.4, 0.9
 # The emulator's choice: Twilio documents no code for a failure mid-transcription.
@@ -35,7 +35,7 @@ DEFAULT_ERROR_CODE = "95100"
 DEFAULT_ERROR_MESSAGE = "Twilio failed to transcribe audio due to an internal issue."
 
 
-class ScriptError(ValueError):
+class ConversationError(ValueError):
     """A conversation script that cannot be played; the message names the field and value."""
 
 
@@ -49,7 +49,7 @@ class Utterance:
 
 
 @dataclass(frozen=True)
-class Script:
+class Conversation:
     name: str
     utterances: tuple[Utterance, ...]
     language_code: str = "en-US"
@@ -136,41 +136,41 @@ class Identity:
 def _number(data: Mapping, key: str, where: str, default: float | None = None) -> float:
     raw = data.get(key, default)
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ScriptError(f"{where}.{key} ({raw!r}): must be a number")
+        raise ConversationError(f"{where}.{key} ({raw!r}): must be a number")
     if raw < 0:
-        raise ScriptError(f"{where}.{key} ({raw!r}): must not be negative")
+        raise ConversationError(f"{where}.{key} ({raw!r}): must not be negative")
     return float(raw)
 
 
-def parse_script(data: object, source: str = "script") -> Script:
+def parse_conversation(data: object, source: str = "script") -> Conversation:
     """Validate a script already read from YAML or JSON."""
     if not isinstance(data, Mapping):
-        raise ScriptError(f"{source}: must be a mapping with 'utterances'")
+        raise ConversationError(f"{source}: must be a mapping with 'utterances'")
     items = data.get("utterances")
     if not isinstance(items, list) or not items:
-        raise ScriptError(f"{source}.utterances ({items!r}): must be a non-empty list")
+        raise ConversationError(f"{source}.utterances ({items!r}): must be a non-empty list")
     utterances = []
     for n, item in enumerate(items):
         where = f"{source}.utterances[{n}]"
         if not isinstance(item, Mapping):
-            raise ScriptError(f"{where} ({item!r}): must be a mapping")
+            raise ConversationError(f"{where} ({item!r}): must be a mapping")
         track = item.get("track")
         if track not in TRACKS:
-            raise ScriptError(f"{where}.track ({track!r}): must be 'inbound' or 'outbound'")
+            raise ConversationError(f"{where}.track ({track!r}): must be 'inbound' or 'outbound'")
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise ScriptError(f"{where}.text ({text!r}): must be a non-empty string")
+            raise ConversationError(f"{where}.text ({text!r}): must be a non-empty string")
         confidence = _number(item, "confidence", where, 0.9)
         if confidence > 1:
-            raise ScriptError(f"{where}.confidence ({confidence!r}): must be between 0 and 1")
+            raise ConversationError(f"{where}.confidence ({confidence!r}): must be between 0 and 1")
         duration = _number(item, "duration", where, max(0.6, 0.3 * len(text.split())))
         utterances.append(
             Utterance(track, text.strip(), _number(item, "at", where), duration, confidence)
         )
     language = data.get("language_code", "en-US")
     if not isinstance(language, str) or not language:
-        raise ScriptError(f"{source}.language_code ({language!r}): must be a BCP-47 code")
-    return Script(
+        raise ConversationError(f"{source}.language_code ({language!r}): must be a BCP-47 code")
+    return Conversation(
         name=str(data.get("name") or source),
         utterances=tuple(sorted(utterances, key=lambda u: u.at)),
         language_code=language,
@@ -178,21 +178,23 @@ def parse_script(data: object, source: str = "script") -> Script:
     )
 
 
-def load_script(path: str | Path | None = None) -> Script:
+def load_conversation(path: str | Path | None = None) -> Conversation:
     """A script from a ``.yaml``/``.yml``/``.json`` file, or the built-in one when ``None``."""
     if path is None:
-        resource = files(__package__).joinpath("conversations", f"{BUILTIN_SCRIPT}.yaml")
-        return parse_script(yaml.safe_load(resource.read_text(encoding="utf-8")), BUILTIN_SCRIPT)
+        resource = files(__package__).joinpath("conversations", f"{BUILTIN_CONVERSATION}.yaml")
+        return parse_conversation(
+            yaml.safe_load(resource.read_text(encoding="utf-8")), BUILTIN_CONVERSATION
+        )
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ScriptError(f"script {str(path)!r}: {error.strerror}") from None
+        raise ConversationError(f"script {str(path)!r}: {error.strerror}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise ScriptError(f"script {str(path)!r}: not valid YAML/JSON: {error}") from None
-    return parse_script(data, path.name)
+        raise ConversationError(f"script {str(path)!r}: not valid YAML/JSON: {error}") from None
+    return parse_conversation(data, path.name)
 
 
 def _provider_configuration(settings: TranscriptionSettings) -> str:
@@ -291,7 +293,10 @@ def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict
 
 
 def events(
-    script: Script, settings: TranscriptionSettings, identity: Identity, faults: Faults = Faults()
+    script: Conversation,
+    settings: TranscriptionSettings,
+    identity: Identity,
+    faults: Faults = Faults(),
 ) -> list[Callback]:
     """Every callback of the transcription in the order things happen, before delivery faults:
     started, content for the chosen tracks, an error when asked, and stopped at the end.
@@ -324,7 +329,7 @@ def events(
     ]
 
 
-def deliver(callbacks: list[Callback], faults: Faults) -> list[Callback]:
+def apply_faults(callbacks: list[Callback], faults: Faults) -> list[Callback]:
     """The order and times Twilio might deliver ``callbacks`` in, with the faults applied."""
     rng = random.Random(faults.seed)
     sent: list[Callback] = []
@@ -347,10 +352,13 @@ def deliver(callbacks: list[Callback], faults: Faults) -> list[Callback]:
 
 
 def timeline(
-    script: Script, settings: TranscriptionSettings, identity: Identity, faults: Faults = Faults()
+    script: Conversation,
+    settings: TranscriptionSettings,
+    identity: Identity,
+    faults: Faults = Faults(),
 ) -> list[Callback]:
     """What the emulator sends for one transcription, in sending order."""
-    return deliver(events(script, settings, identity, faults), faults)
+    return apply_faults(events(script, settings, identity, faults), faults)
 
 
 def stop_early(identity: Identity, plan: list[Callback], sent: int, at: float) -> list[Callback]:

@@ -19,7 +19,7 @@ from twilio.rest import Client
 
 from receiver.devtools.conversation import Faults
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
-from receiver.devtools.playback import Delivery
+from receiver.devtools.playback import SentCallback
 from receiver.devtools.tail import run as run_tail
 from receiver.server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from receiver.server.process import Served, ServeError, start
@@ -51,7 +51,7 @@ def start_receiver(redis_url: str, token: str, workdir: Path) -> Served:
 
 def report(
     played: bool,
-    deliveries: list[Delivery],
+    deliveries: list[SentCallback],
     client: redis.Redis,
     keys: Keys,
     call_sid: str,

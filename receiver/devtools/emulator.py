@@ -22,11 +22,11 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from receiver.devtools.conversation import (
+    Conversation,
     Faults,
     Identity,
-    Script,
     TranscriptionSettings,
-    load_script,
+    load_conversation,
     timeline,
 )
 from receiver.devtools.playback import Playback
@@ -142,7 +142,7 @@ class Emulator:
 
     account_sid: str = DEFAULT_ACCOUNT_SID
     auth_token: str = DEFAULT_AUTH_TOKEN
-    script: Script = field(default_factory=load_script)
+    script: Conversation = field(default_factory=load_conversation)
     faults: Faults = field(default_factory=Faults)
     speed: float = 1.0
     allow_remote: bool = False

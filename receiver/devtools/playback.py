@@ -48,7 +48,7 @@ class Connection:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class SentCallback:
     """One callback as sent: the answer's HTTP status, or the connection error."""
 
     callback: Callback
@@ -86,7 +86,7 @@ def send(
     method: str,
     auth_token: str,
     idempotency_token: str,
-) -> Delivery:
+) -> SentCallback:
     """Deliver one callback, retrying what Twilio retries."""
     target, connection = urldefrag(url)
     overrides = Connection.from_fragment(connection)
@@ -113,7 +113,7 @@ def send(
             status, error = None, type(exc).__name__
         if attempts <= overrides.retries:
             time.sleep(min(0.05 * attempts, 0.5))
-    return Delivery(callback, status, error, attempts)
+    return SentCallback(callback, status, error, attempts)
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Playback:
     auth_token: str
     speed: float = 1.0
     on_finish: Callable[[Playback], None] | None = None  # run after the last callback
-    deliveries: list[Delivery] = field(default_factory=list)
+    deliveries: list[SentCallback] = field(default_factory=list)
     finished: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -195,7 +195,7 @@ class Summary:
     by_outcome: dict[str, int] = field(default_factory=dict)
     by_fault: dict[str, int] = field(default_factory=dict)
 
-    def add(self, delivery: Delivery) -> None:
+    def add(self, delivery: SentCallback) -> None:
         self.sent += 1
         name = delivery.callback.event.removeprefix("transcription-")
         self.by_event[name] = self.by_event.get(name, 0) + 1
