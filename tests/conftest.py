@@ -16,8 +16,8 @@ from receiver.config import Settings
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served
 
-from .processes import start_receiver_process
-from .twilio_calls import TOKEN
+from .support.processes import start_receiver_process
+from .support.twilio_calls import TOKEN
 
 # Property-based tests stay fast by default; HYPOTHESIS_PROFILE=long runs many more examples.
 _fixtures_ok = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]

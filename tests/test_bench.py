@@ -20,8 +20,10 @@ from receiver.devtools.bench.measure import EVENTS_PER_CALL, Phase, Report, make
 from receiver.events import parse
 from receiver.storage.store import Keys
 
-from .processes import ROOT
-from .twilio_calls import TOKEN
+from .support.processes import ROOT
+from .support.twilio_calls import TOKEN
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 URL = "http://127.0.0.1:8000/transcriptions/callback"
 

@@ -11,7 +11,7 @@ import pytest
 from receiver import create_app
 from receiver.events import parse
 
-from .twilio_calls import (
+from .support.twilio_calls import (
     ACCOUNT_SID,
     CALLBACK_PATH,
     callback,

@@ -21,9 +21,11 @@ from receiver.storage import cluster
 from receiver.storage.cluster import ClusterKeys, ClusterStore
 from receiver.storage.store import Keys, store_args
 
-from .redis_cluster import SLOT_RANGES, LocalCluster
+from .support.redis_cluster import SLOT_RANGES, LocalCluster
+from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
 from .test_multi_instance import send
-from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 KEYS = Keys()
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .twilio_calls import post, sid, whole_call
+from .support.twilio_calls import post, sid, whole_call
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "consumer_group.py"
 STREAM = "rtt:events"

@@ -20,7 +20,7 @@ from receiver.devtools.conversation import (
     timeline,
 )
 
-from .twilio_calls import sid
+from .support.twilio_calls import sid
 
 IDENTITY = Identity(sid("AC"), sid("CA"), sid("GT"), datetime(2026, 11, 28, 9, 0, tzinfo=UTC))
 SETTINGS = TranscriptionSettings(

@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from receiver.devtools.conversation import load_conversation
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 
 def test_demo_plays_one_call_and_cleans_up():

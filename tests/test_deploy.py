@@ -22,7 +22,7 @@ import yaml
 from receiver.config import load_settings
 from receiver.server.embedded_redis import free_port
 
-from .deployment_files import (
+from .support.deployment_files import (
     DEPLOY,
     ROOT,
     compose_value,
@@ -32,7 +32,9 @@ from .deployment_files import (
     start_until_ready,
     tool_path,
 )
-from .twilio_calls import CALLBACK_PATH, TOKEN, content, sid, sign
+from .support.twilio_calls import CALLBACK_PATH, TOKEN, content, sid, sign
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 KUBERNETES = DEPLOY / "kubernetes"
 

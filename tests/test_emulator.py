@@ -22,8 +22,8 @@ from receiver.devtools.conversation import (
 from receiver.devtools.emulator import Emulator, EmulatorServer
 from receiver.devtools.playback import send
 
-from .callback_sink import CallbackSink
-from .twilio_calls import sid
+from .support.callback_sink import CallbackSink
+from .support.twilio_calls import sid
 
 SPEED = 40.0  # the built-in 25 s script plays in about 0.6 s
 

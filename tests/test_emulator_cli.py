@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 from click.testing import CliRunner
 from twilio.rest import Client
@@ -15,7 +16,9 @@ from twilio.rest import Client
 from receiver.cli import main
 from receiver.server.embedded_redis import free_port
 
-from .twilio_calls import sid
+from .support.twilio_calls import sid
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 TOKEN = "cli-emulator-token"
 

@@ -11,7 +11,9 @@ from twilio.rest import Client
 from receiver.devtools.conversation import Faults, load_conversation
 from receiver.devtools.emulator import Emulator, EmulatorServer
 
-from .twilio_calls import sid
+from .support.twilio_calls import sid
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 TOKEN = "e2e-emulator-token"
 ACCOUNT = "AC" + "e" * 32

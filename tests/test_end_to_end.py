@@ -6,9 +6,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
+import pytest
 import requests
 
-from .twilio_calls import CALLBACK_PATH, content, sid, sign, whole_call
+from .support.twilio_calls import CALLBACK_PATH, content, sid, sign, whole_call
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 
 def send(base: str, params: dict, method: str = "POST", query: dict | None = None):

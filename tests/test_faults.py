@@ -13,9 +13,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
-from .load import deliveries, figures, run_load, wait_drained
+from .support.load import deliveries, figures, run_load, wait_drained
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 
 def worker_pids(master: int) -> set[int]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from receiver import create_app
 
-from .twilio_calls import ACCOUNT_SID, CALLBACK_PATH, callback, sign
+from .support.twilio_calls import ACCOUNT_SID, CALLBACK_PATH, callback, sign
 
 # What HTTP can carry in a header value (latin-1 without controls) and any text a body can.
 header_text = st.text(

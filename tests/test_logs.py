@@ -8,11 +8,14 @@ import json
 import time
 from urllib.parse import urlencode
 
+import pytest
 import requests
 
-from .load import wait_drained
+from .support.load import wait_drained
+from .support.twilio_calls import CALLBACK_PATH, callback, content, sid, sign
 from .test_secrets import ACL_PASSWORD, acl_url, add_acl_user
-from .twilio_calls import CALLBACK_PATH, callback, content, sid, sign
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 TOKEN = "log-test-token-5b0c9d8e7f6a"
 PHRASES = ["my card number is 4111", "date of birth nineteen eighty", "secret-canary-quokka"]

@@ -6,9 +6,12 @@ import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
-from .twilio_calls import CALLBACK_PATH, content, sid, sign, whole_call
+from .support.twilio_calls import CALLBACK_PATH, content, sid, sign, whole_call
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 
 def send(base: str, params: dict) -> requests.Response:

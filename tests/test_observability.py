@@ -20,8 +20,8 @@ from receiver.config import Settings
 from receiver.observability import logs
 from receiver.server.embedded_redis import free_port
 
+from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
 from .test_multi_instance import send
-from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
 
 SECRET_TEXT = "my card number is 4111 1111"
 

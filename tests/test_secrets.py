@@ -11,9 +11,11 @@ import requests
 
 from receiver.server.embedded_redis import EmbeddedRedis
 
+from .support.tls_proxy import TLSProxy, self_signed_certificate
+from .support.twilio_calls import content, sid
 from .test_end_to_end import send
-from .tls_proxy import TLSProxy, self_signed_certificate
-from .twilio_calls import content, sid
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 ACL_USER = "rtt-receiver"
 ACL_PASSWORD = "Acl-pässword-9f8e7d"

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from receiver.server.embedded_redis import free_port
 
-from .twilio_calls import TOKEN, content, sid, sign
+from .support.twilio_calls import TOKEN, content, sid, sign
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 
 def test_serve_with_embedded_redis(tmp_path):

@@ -21,7 +21,7 @@ from receiver.storage.durable import Drainer, DurableWriter, stop_drainers
 from receiver.storage.spool import HEADER_LENGTH, Rejection, Spool, SpoolError, decode, encode
 from receiver.storage.store import Keys, Store
 
-from .twilio_calls import TOKEN, callback, content, post, sid, whole_call
+from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
 
 
 def make_event(call_sid: str, seq: int, text: str = "hello", **kw) -> Event:

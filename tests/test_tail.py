@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pexpect
 import pyte
+import pytest
 import redis
 from click.testing import CliRunner
 
 from receiver.cli import main
 from receiver.server.embedded_redis import EmbeddedRedis, free_port
 
-from .twilio_calls import callback, content, post, sid, whole_call
+from .support.twilio_calls import callback, content, post, sid, whole_call
+
+pytestmark = pytest.mark.slow  # starts servers or processes
 
 RECEIVER = [sys.executable, "-m", "receiver.cli"]
 

@@ -14,7 +14,7 @@ from receiver.cli import main
 from receiver.devtools.emulator import Emulator, EmulatorServer
 from receiver.server.embedded_redis import free_port
 
-from .twilio_calls import sid
+from .support.twilio_calls import sid
 
 
 @pytest.fixture(autouse=True)

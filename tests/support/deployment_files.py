@@ -14,7 +14,7 @@ from pathlib import Path
 
 from receiver.server.process import Served, start
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 

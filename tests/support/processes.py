@@ -6,7 +6,7 @@ from pathlib import Path
 
 from receiver.server.process import Served, gunicorn_command, start
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONFIG = ROOT / "deploy" / "gunicorn.conf.py"
 
 
