@@ -22,13 +22,13 @@ import yaml
 from receiver.config import load_settings
 from receiver.server.embedded_redis import free_port
 
+from .support.certificates import issue
 from .support.deployment_files import (
     DEPLOY,
     ROOT,
     compose_value,
     parse_dockerfile,
     procfile_command,
-    self_signed_certificate,
     start_until_ready,
     tool_path,
 )
@@ -211,10 +211,12 @@ def nginx_in_front(tmp_path: Path, start_receiver):
         pytest.skip("nginx is not installed (.ci/run installs Debian's nginx-light)")
     receiver = start_receiver(PROXY_HOPS="1")
     https_port, http_port = free_port(), free_port()
-    cert, key = self_signed_certificate(tmp_path)
+    certificates = issue(tmp_path)
     work = tmp_path / "nginx"
     work.mkdir()
-    (work / "site.conf").write_text(nginx_site(receiver.port, https_port, http_port, cert, key))
+    (work / "site.conf").write_text(
+        nginx_site(receiver.port, https_port, http_port, certificates.chain, certificates.key)
+    )
     temp = {name: work / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
         path.mkdir()
@@ -251,7 +253,7 @@ http {{
                 break
             except OSError:
                 subprocess.run(["sleep", "0.1"])
-        yield f"https://localhost:{https_port}", http_port, cert
+        yield f"https://localhost:{https_port}", http_port, certificates.ca
     finally:
         nginx.terminate()
         nginx.wait(10)

@@ -11,7 +11,8 @@ import requests
 
 from receiver.server.embedded_redis import EmbeddedRedis
 
-from .support.tls_proxy import TLSProxy, self_signed_certificate
+from .support.certificates import issue
+from .support.tls_proxy import TLSProxy
 from .support.twilio_calls import content, sid
 from .test_end_to_end import send
 
@@ -77,16 +78,13 @@ def test_a_wrong_acl_password_is_not_ready_and_never_stores(start_receiver, tmp_
 
 
 def test_rediss_with_a_verified_certificate_and_an_acl_user(start_receiver, tmp_path, call_sid):
-    try:
-        cert, key = self_signed_certificate(tmp_path)
-    except FileNotFoundError:
-        pytest.skip("the openssl command is needed to make a test certificate")
+    certificates = issue(tmp_path, "127.0.0.1")
     server = acl_redis(tmp_path / "acl-redis")
-    proxy = TLSProxy(server.port, cert, key).start()
+    proxy = TLSProxy(server.port, certificates.chain, certificates.key).start()
     try:
         url = (
             f"rediss://{ACL_USER}:{quote(ACL_PASSWORD)}@127.0.0.1:{proxy.port}/0"
-            f"?ssl_ca_certs={quote(str(cert))}"
+            f"?ssl_ca_certs={quote(str(certificates.ca))}"
         )
         receiver = start_receiver(REDIS_URL=url)
         assert requests.get(receiver.url + "/readyz", timeout=5).json()["redis"] == "ok"

@@ -62,13 +62,7 @@ class Served:
 
     def worker_pids(self) -> list[int]:
         """gunicorn's workers: the master's children, from /proc (none elsewhere)."""
-        pid = self.process.pid
-        try:
-            return sorted(
-                int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            )
-        except OSError:
-            return []
+        return children(self.process.pid)
 
     def log_tail(self, size: int = 2000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""

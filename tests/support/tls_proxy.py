@@ -7,28 +7,11 @@ does: the receiver's redis-py client speaks real TLS and verifies a real certifi
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise FileNotFoundError("openssl")
-    cert, key = directory / "redis-cert.pem", directory / "redis-key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def _pump(source: socket.socket, target: socket.socket) -> None:
