@@ -117,6 +117,10 @@ def _bench() -> click.Command:
 
 main.add_command(_bench(), "bench")
 
+from .dashboard.command import dashboard  # noqa: E402
+
+main.add_command(dashboard)
+
 
 if __name__ == "__main__":
     main()
