@@ -10,6 +10,7 @@ duplicate, also across a restart of the dashboard.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -104,7 +105,12 @@ class Hub:
         return len(self._viewers)
 
     def _start(self) -> None:
+        # The position is taken before the first subscriber is answered: whatever is appended
+        # after its subscription reaches it.
         self._stop.clear()
+        if self.last_id is None:
+            with contextlib.suppress(redis.RedisError):  # the reader retries
+                self._position()
         self._thread = threading.Thread(target=self._run, name="dashboard-reader", daemon=True)
         self._thread.start()
 
@@ -118,9 +124,7 @@ class Hub:
         while not self._stop.is_set():
             try:
                 if self.last_id is None:
-                    # A concrete id, not "$": nothing is missed between two reads.
-                    newest = self.client.xrevrange(self.keys.events, count=1)
-                    self.last_id = newest[0][0] if newest else "0-0"
+                    self._position()
                 answer = self.client.xread(
                     {self.keys.events: self.last_id}, count=REPLAY_PAGE, block=READ_BLOCK_MS
                 )
@@ -133,6 +137,11 @@ class Hub:
             for _key, entries in answer or []:
                 for entry in entries:
                     self._dispatch(entry)
+
+    def _position(self) -> None:
+        # A concrete id, not "$": nothing is missed between two reads.
+        newest = self.client.xrevrange(self.keys.events, count=1)
+        self.last_id = newest[0][0] if newest else "0-0"
 
     def _dispatch(self, entry: Entry) -> None:
         self.last_id = entry[0]
