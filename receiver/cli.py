@@ -122,5 +122,14 @@ from .dashboard.command import dashboard  # noqa: E402
 main.add_command(dashboard)
 
 
+def _dashboard_bench() -> click.Command:
+    from .dashboard.bench import dashboard_bench
+
+    return dashboard_bench
+
+
+main.add_command(_dashboard_bench(), "dashboard-bench")
+
+
 if __name__ == "__main__":
     main()
