@@ -122,9 +122,10 @@ def events() -> Response:
     if call_sid is not None:
         _call_sid(call_sid)
     after = _resume_point()
-    viewer = s.hub.subscribe(call_sid, partials=call_sid is not None)
 
     def stream() -> Iterator[str]:
+        # Subscribed here, not before: a client gone before the first write leaves nothing.
+        viewer = s.hub.subscribe(call_sid, partials=call_sid is not None)
         try:
             yield f"retry: {RETRY_MS}\n: connected\n\n"
             for entry in feed(s.hub, viewer, after, s.client):
