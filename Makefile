@@ -18,10 +18,11 @@ test: $(BIN)/receiver test-tools
 	$(BIN)/ruff check receiver tests examples
 	$(BIN)/pytest
 
-# Debian's nginx and wrk, for the tests of the nginx example and of `receiver bench`; when they
+# Debian's nginx, wrk and chromium, for the tests of the nginx example, of `receiver bench` and of
+# the dashboard in a browser; when they
 # cannot be installed (not root, no apt-get), those tests skip or fall back and say so.
 test-tools:
-	@for tool in nginx:nginx-light wrk:wrk; do \
+	@for tool in nginx:nginx-light wrk:wrk chromium:chromium; do \
 	  command -v $${tool%%:*} >/dev/null && continue; \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    { apt-get install -y -qq $${tool#*:} >/dev/null 2>&1 || \

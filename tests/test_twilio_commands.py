@@ -20,7 +20,7 @@ from .support.twilio_calls import sid
 @pytest.fixture(autouse=True)
 def quiet_emulator() -> Iterator[None]:
     """The in-process emulator's own log lines are not the command's output."""
-    logger = logging.getLogger("receiver.emulator")
+    logger = logging.getLogger("receiver.devtools.emulator")
     level = logger.level
     logger.setLevel(logging.WARNING)
     yield

@@ -117,6 +117,19 @@ def _bench() -> click.Command:
 
 main.add_command(_bench(), "bench")
 
+from receiver.dashboard.command import dashboard  # noqa: E402
+
+main.add_command(dashboard)
+
+
+def _dashboard_bench() -> click.Command:
+    from receiver.dashboard.bench import dashboard_bench
+
+    return dashboard_bench
+
+
+main.add_command(_dashboard_bench(), "dashboard-bench")
+
 
 if __name__ == "__main__":
     main()

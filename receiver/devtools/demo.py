@@ -86,7 +86,13 @@ def report(
     help="How much faster than real time the 25-second call plays.",
 )
 @click.option("--finals-only", is_flag=True, help="Hide partial results in the tail.")
-def demo(speed: float, finals_only: bool) -> None:
+@click.option(
+    "--dashboard",
+    "with_dashboard",
+    is_flag=True,
+    help="Keep going with the dashboard open: a new call every few seconds, until Ctrl-C.",
+)
+def demo(speed: float, finals_only: bool, with_dashboard: bool) -> None:
     """See it all in a few seconds: Redis, receiver, emulator, one call, the live tail."""
     began = time.monotonic()
     token = secrets.token_hex(16)
@@ -111,6 +117,18 @@ def demo(speed: float, finals_only: bool) -> None:
             click.echo(f"2/4 Receiver           {receiver_url}{CALLBACK_PATH} (gunicorn)")
             emulator.start()
             click.echo(f"3/4 Twilio emulator    {emulator.url}")
+            if with_dashboard:
+                from receiver.dashboard.demo import keep_calling
+
+                keep_calling(
+                    redis_url=server.url,
+                    callback_url=f"{receiver_url}{CALLBACK_PATH}",
+                    emulator_url=emulator.url,
+                    account_sid=DEFAULT_ACCOUNT_SID,
+                    token=token,
+                    workdir=workdir,
+                    every=emulator.emulator.script.length / speed / 2,
+                )
             twilio = Client(DEFAULT_ACCOUNT_SID, token)
             twilio.api.base_url = emulator.url
             created = twilio.calls(call_sid).transcriptions.create(

@@ -43,6 +43,14 @@ ACTIVE_SCRIPT = lua("cluster_active.lua")
 # How long step 2 remembers which call entries it appended. It only has to cover the moment
 # between its append and the published mark in the call's slot: later, step 1 knows.
 EVENTS_DEDUP_WINDOW_MS = 3600 * 1000
+# The index of recent calls has a slot of its own too (its name is promised): one more step,
+# idempotent, after step 3. Calls idle for longer than the retention are trimmed.
+RECENT_SCRIPT = """
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
+local horizon = tonumber(ARGV[2]) - tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.0f', horizon))
+return 1
+"""
 PUBLISHED_SCRIPT = """
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -147,6 +155,7 @@ class ClusterStore(Store):
         self._events = self.client.register_script(EVENTS_SCRIPT)
         self._active = self.client.register_script(ACTIVE_SCRIPT)
         self._published = self.client.register_script(PUBLISHED_SCRIPT)
+        self._recent = self.client.register_script(RECENT_SCRIPT)
 
     def append(self, event: Event) -> Outcome:
         args = store_args(
@@ -172,14 +181,13 @@ class ClusterStore(Store):
                 keys=[self.cluster_keys.published(event.call_sid)],
                 args=[_text(entry_id), self.retention_seconds],
             )
+        now_ms = int(time.time() * 1000)
         self._active(
             keys=[self.keys.active_calls, self.cluster_keys.active_versions],
-            args=[
-                event.call_sid,
-                state_id,
-                in_progress,
-                int(time.time() * 1000),
-                self.retention_seconds * 1000,
-            ],
+            args=[event.call_sid, state_id, in_progress, now_ms, self.retention_seconds * 1000],
+        )
+        self._recent(
+            keys=[self.keys.recent_calls],
+            args=[event.call_sid, now_ms, self.retention_seconds * 1000],
         )
         return "stored" if stored == 1 else "duplicate"

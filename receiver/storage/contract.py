@@ -32,6 +32,10 @@ class Keys:
     def active_calls(self) -> str:
         return f"{self.prefix}:calls:active"
 
+    @property
+    def recent_calls(self) -> str:
+        return f"{self.prefix}:calls:recent"
+
     def call(self, call_sid: str) -> str:
         # The braces are a Redis Cluster hash tag: every key of one call lives in one slot.
         return f"{self.prefix}:call:{{{call_sid}}}"
@@ -58,6 +62,7 @@ class Keys:
             self.finals(call_sid),
             self.active_calls,
             self.transcriptions(call_sid),
+            self.recent_calls,
         ]
 
 

@@ -4,6 +4,7 @@
 -- KEYS[1] call stream        KEYS[2] global events stream   KEYS[3] seen set (dedup)
 -- KEYS[4] labels hash         KEYS[5] finals sorted set       KEYS[6] active calls sorted set
 -- KEYS[7] transcriptions hash (TranscriptionSid -> active | stopped)
+-- KEYS[8] recent calls sorted set (CallSid -> ms of its latest event)
 --
 -- ARGV[1] dedup key           ARGV[2] retention seconds       ARGV[3] events MAXLEN
 -- ARGV[4] CallSid             ARGV[5] TranscriptionSid        ARGV[6] event
@@ -27,4 +28,8 @@ if active then
 else
   redis.call('ZREM', KEYS[6], ARGV[4])
 end
+-- Calls whose latest event is older than the retention: their keys are gone too.
+redis.call('ZADD', KEYS[8], tonumber(ARGV[13]), ARGV[4])
+local horizon = tonumber(ARGV[13]) - tonumber(ARGV[2]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. string.format('%.0f', horizon))
 return id

@@ -1,0 +1,43 @@
+"""The dashboard's Flask app: pages, the live feed and the transcript downloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import Flask
+
+from receiver.dashboard import auth, views
+from receiver.dashboard.live import READ_BLOCK_MS, Hub
+from receiver.dashboard.settings import DashboardSettings, load_dashboard_settings
+from receiver.storage.contract import Keys
+
+
+@dataclass
+class State:
+    settings: DashboardSettings
+    keys: Keys
+    client: redis.Redis
+    hub: Hub
+
+
+def create_app(settings: DashboardSettings | None = None) -> Flask:
+    settings = settings or load_dashboard_settings()
+    app = Flask(__name__)
+    keys = Keys(settings.stream_prefix)
+    client = redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=10, health_check_interval=30
+    )
+    # The reader blocks in XREAD: its socket waits longer than the block.
+    reader = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=READ_BLOCK_MS / 1000 + 10,
+        single_connection_client=True,
+    )
+    app.extensions["dashboard"] = State(
+        settings, keys, client, Hub(reader, keys, settings.viewer_buffer)
+    )
+    auth.install(app, settings)
+    app.register_blueprint(views.blueprint)
+    return app

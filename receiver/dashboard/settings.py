@@ -1,0 +1,115 @@
+"""The dashboard's settings, read from the environment, with errors that name the variable."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from receiver.config import PREFIX_PATTERN, ConfigError, int_setting, redact_url
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8020
+AuthMode = Literal["basic", "proxy", "none"]
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    redis_url: str
+    stream_prefix: str = "rtt"
+    auth: AuthMode = "none"
+    username: str = "rtt"
+    password: str | None = None
+    proxy_user_header: str = "X-Forwarded-User"
+    recent_hours: int = 24
+    # Events a viewer may lag behind before it is told to resynchronize.
+    viewer_buffer: int = 2000
+    # Finals below this confidence are marked (0-100, percent).
+    low_confidence_percent: int = 60
+
+    def __repr__(self) -> str:
+        # The password must never reach a log or a traceback.
+        return (
+            f"DashboardSettings(redis_url={redact_url(self.redis_url)!r}, "
+            f"stream_prefix={self.stream_prefix!r}, auth={self.auth!r}, "
+            f"username={self.username!r}, password={'<hidden>' if self.password else None})"
+        )
+
+
+def _password(env: Mapping[str, str]) -> str | None:
+    path = env.get("DASHBOARD_PASSWORD_FILE", "").strip()
+    if path:
+        try:
+            raw = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(
+                f"DASHBOARD_PASSWORD_FILE={path!r} cannot be read: {error.strerror}"
+            ) from None
+        return raw.strip() or None
+    return env.get("DASHBOARD_PASSWORD", "") or None
+
+
+def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSettings:
+    """Every setting of the dashboard from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    redis_url = env.get("REDIS_URL", "").strip()
+    if not redis_url:
+        raise ConfigError("REDIS_URL is not set: the dashboard reads the receiver's Redis")
+    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
+        )
+    prefix = env.get("STREAM_PREFIX", "").strip() or "rtt"
+    if not PREFIX_PATTERN.match(prefix):
+        raise ConfigError(
+            f"STREAM_PREFIX={prefix!r} may hold only letters, digits and _ . : - (1 to 64)"
+        )
+    password = _password(env)
+    mode = env.get("DASHBOARD_AUTH", "").strip().lower()
+    if mode not in ("", "basic", "proxy"):
+        raise ConfigError(f"DASHBOARD_AUTH={mode!r} must be basic or proxy (or unset)")
+    if mode == "basic" and not password:
+        raise ConfigError(
+            "DASHBOARD_AUTH=basic needs DASHBOARD_PASSWORD (or DASHBOARD_PASSWORD_FILE)"
+        )
+    auth: AuthMode = "proxy" if mode == "proxy" else ("basic" if password else "none")
+    username = env.get("DASHBOARD_USERNAME", "").strip() or "rtt"
+    if ":" in username:
+        raise ConfigError(f"DASHBOARD_USERNAME={username!r} must not contain ':' (basic auth)")
+    header = env.get("DASHBOARD_PROXY_USER_HEADER", "").strip() or "X-Forwarded-User"
+    return DashboardSettings(
+        redis_url=redis_url,
+        stream_prefix=prefix,
+        auth=auth,
+        username=username,
+        password=password,
+        proxy_user_header=header,
+        recent_hours=int_setting(env, "DASHBOARD_RECENT_HOURS", 24, 1),
+        viewer_buffer=int_setting(env, "DASHBOARD_VIEWER_BUFFER", 2000, 10),
+        low_confidence_percent=int_setting(env, "DASHBOARD_LOW_CONFIDENCE", 60, 0),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: DashboardSettings, host: str) -> None:
+    """Transcripts are personal data: refuse to listen beyond loopback without authentication."""
+    if settings.auth == "none" and not is_loopback(host):
+        raise ConfigError(
+            f"the dashboard would listen on {host!r} without authentication: set "
+            "DASHBOARD_PASSWORD (or DASHBOARD_PASSWORD_FILE), or DASHBOARD_AUTH=proxy behind an "
+            "authenticating proxy, or listen on 127.0.0.1"
+        )

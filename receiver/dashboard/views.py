@@ -1,0 +1,145 @@
+"""The pages, the live feed (Server-Sent Events) and the transcript downloads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, abort, current_app, g, render_template, request
+
+from receiver.dashboard import calls, transcript
+from receiver.dashboard.live import Trimmed, feed, parse_id
+
+blueprint = Blueprint("dashboard", __name__)
+# How long a browser waits before reconnecting after the connection dropped.
+RETRY_MS = 1000
+
+
+def state():
+    return current_app.extensions["dashboard"]
+
+
+def _call_sid(call_sid: str) -> str:
+    if not calls.CALL_SID.match(call_sid):
+        abort(404)
+    return call_sid
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    return Response("ok\n", mimetype="text/plain")
+
+
+@blueprint.get("/")
+def index() -> str:
+    s = state()
+    sid_filter = request.args.get("call", "").strip()[:64]
+    text_filter = request.args.get("q", "").strip()[:200]
+    newest = s.client.xrevrange(s.keys.events, count=1)
+    active = calls.active_calls(s.client, s.keys)
+    ended, matched = calls.ended_calls(
+        s.client,
+        s.keys,
+        hours=s.settings.recent_hours,
+        sid_filter=sid_filter,
+        text_filter=text_filter,
+    )
+    return render_template(
+        "index.html",
+        active=active,
+        ended=ended,
+        matched=matched,
+        hours=s.settings.recent_hours,
+        sid_filter=sid_filter,
+        text_filter=text_filter,
+        after=newest[0][0] if newest else "0-0",
+        user=g.get("user"),
+    )
+
+
+@blueprint.get("/calls/<call_sid>")
+def call(call_sid: str) -> str:
+    s = state()
+    low = s.settings.low_confidence_percent / 100
+    conversation = calls.conversation(s.client, s.keys, _call_sid(call_sid), low)
+    return render_template("call.html", c=conversation, low_confidence=low, user=g.get("user"))
+
+
+def _download(body: str, mimetype: str, filename: str) -> Response:
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@blueprint.get("/calls/<call_sid>/transcript.txt")
+def transcript_txt(call_sid: str) -> Response:
+    s = state()
+    utterances = transcript.load(s.client, s.keys, _call_sid(call_sid))
+    return _download(transcript.as_text(call_sid, utterances), "text/plain", f"{call_sid}.txt")
+
+
+@blueprint.get("/calls/<call_sid>/transcript.json")
+def transcript_json(call_sid: str) -> Response:
+    s = state()
+    utterances = transcript.load(s.client, s.keys, _call_sid(call_sid))
+    return _download(
+        transcript.as_json(call_sid, utterances), "application/json", f"{call_sid}.json"
+    )
+
+
+@blueprint.get("/calls/<call_sid>/transcript.vtt")
+def transcript_vtt(call_sid: str) -> Response:
+    s = state()
+    utterances = transcript.load(s.client, s.keys, _call_sid(call_sid))
+    first = s.client.xrange(s.keys.call(call_sid), count=1)
+    start_ms = parse_id(first[0][0])[0] if first else (utterances[0].ms if utterances else 0)
+    return _download(transcript.as_vtt(start_ms, utterances), "text/vtt", f"{call_sid}.vtt")
+
+
+def _resume_point() -> str | None:
+    """The browser's ``Last-Event-ID`` on a reconnect, else the page's ``after``."""
+    for value in (request.headers.get("Last-Event-ID"), request.args.get("after")):
+        if value:
+            try:
+                parse_id(value.strip())
+            except ValueError:
+                abort(400)
+            return value.strip()
+    return None
+
+
+def sse(entry_id: str | None, event: str, data: str) -> str:
+    head = f"id: {entry_id}\n" if entry_id else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+@blueprint.get("/events")
+def events() -> Response:
+    """The live feed of one call (``?call=``, with partial results) or of every call (without
+    partial results), as Server-Sent Events whose ids are ``{prefix}:events`` entry ids."""
+    s = state()
+    call_sid = request.args.get("call") or None
+    if call_sid is not None:
+        _call_sid(call_sid)
+    after = _resume_point()
+
+    def stream() -> Iterator[str]:
+        # Subscribed here, not before: a client gone before the first write leaves nothing.
+        viewer = s.hub.subscribe(call_sid, partials=call_sid is not None)
+        try:
+            yield f"retry: {RETRY_MS}\n: connected\n\n"
+            for entry in feed(s.hub, viewer, after, s.client):
+                if entry is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                entry_id, fields = entry
+                data = json.dumps({"id": entry_id, **fields}, ensure_ascii=False)
+                yield sse(entry_id, "entry", data)
+        except Trimmed:
+            yield sse(None, "resync", json.dumps({"reason": "reload: events were missed"}))
+        finally:
+            s.hub.unsubscribe(viewer)
+
+    response = Response(stream(), mimetype="text/event-stream")
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
