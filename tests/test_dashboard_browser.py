@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from .support.twilio_calls import TOKEN, callback, content, sid
 pytestmark = pytest.mark.slow  # starts servers, processes and a browser
 
 CHROMIUM = "/usr/bin/chromium"
+# How long a live update may take before a test fails: a margin for a loaded machine, not a goal.
+LIVE_DEADLINE_MS = 15_000
 if not Path(CHROMIUM).exists():
     pytest.skip(
         f"{CHROMIUM} is missing: `make test` installs Debian's chromium when run as root "
@@ -116,7 +117,9 @@ def test_a_live_call_from_start_to_end(stack, context):
     call_sid, gt = sid("CA"), sid("GT")
     assert stack.send(started(call_sid, gt)) == 200
     row = index.locator(f'#active tr[data-call="{call_sid}"]')
-    expect(row).to_be_visible(timeout=2000)  # within 2 s of its transcription-started
+    # Live, without a reload. The 2 s goal is a speed, measured by `receiver dashboard-bench`
+    # (callback's 200 to the viewer); a test only waits with a margin for a loaded machine.
+    expect(row).to_be_visible(timeout=LIVE_DEADLINE_MS)
     expect(row.locator("td.labels")).to_have_text("customer / agent")
 
     conversation = context.new_page()
@@ -240,10 +243,8 @@ def test_a_call_from_the_emulator(stack, context):
             inbound_track_label="customer",
             outbound_track_label="agent",
         )
-        begun = time.monotonic()
         row = index.locator(f'#active tr[data-call="{call_sid}"]')
-        expect(row).to_be_visible(timeout=2000)
-        assert time.monotonic() - begun < 2
+        expect(row).to_be_visible(timeout=LIVE_DEADLINE_MS)
         page = context.new_page()
         page.goto(f"{stack.dashboard.url}/calls/{call_sid}")
         expect(page.locator("li.msg.final.in .who").first).to_have_text("customer")
