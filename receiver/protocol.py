@@ -19,6 +19,9 @@ SID_PATTERNS = {
     "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}$"),
     "TranscriptionSid": re.compile(r"^GT[0-9a-fA-F]{32}$"),
 }
+# An API key's SID (Twilio's recommended REST credential in production); its secret is the
+# password, the account SID names the account in the URL.
+API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
 
 # -- the status callbacks ---------------------------------------------------------------------
 

@@ -174,9 +174,25 @@ def _emulator(**kwargs: Any) -> Emulator:
     "--allow-remote", is_flag=True, help="Also send callbacks to hosts other than loopback."
 )
 @account_options
+@click.option(
+    "--api-key",
+    envvar="TWILIO_API_KEY",
+    help="Also accept this API key SID (SK…) as a REST credential [env: TWILIO_API_KEY].",
+)
+@click.option("--api-secret", envvar="TWILIO_API_SECRET", help="[env: TWILIO_API_SECRET]")
 @playback_options
 def emulate(
-    host, port, allow_remote, account_sid, auth_token, script, faults, speed, timestamp_digits
+    host,
+    port,
+    allow_remote,
+    account_sid,
+    auth_token,
+    api_key,
+    api_secret,
+    script,
+    faults,
+    speed,
+    timestamp_digits,
 ) -> None:
     """Run a local stand-in for Twilio's RealtimeTranscription REST resource.
 
@@ -185,9 +201,12 @@ def emulate(
     signed callbacks to its StatusCallbackUrl.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if bool(api_key) != bool(api_secret):
+        raise click.UsageError("give both --api-key and --api-secret (TWILIO_API_KEY/SECRET)")
     emulator = _emulator(
         account_sid=account_sid,
         auth_token=auth_token,
+        api_keys={api_key: api_secret} if api_key else {},
         script=script,
         faults=faults,
         speed=speed,

@@ -31,7 +31,7 @@ from receiver.devtools.conversation import (
     timeline,
 )
 from receiver.devtools.playback import Playback
-from receiver.protocol import SID_PATTERNS, TIMESTAMP_DIGITS, TRACK_SETTINGS
+from receiver.protocol import API_KEY_SID, SID_PATTERNS, TIMESTAMP_DIGITS, TRACK_SETTINGS
 
 ACCOUNT_SID = SID_PATTERNS["AccountSid"]
 CALL_SID = SID_PATTERNS["CallSid"]
@@ -154,6 +154,8 @@ class Emulator:
     speed: float = 1.0
     allow_remote: bool = False
     timestamp_digits: int = DEFAULT_TIMESTAMP_DIGITS
+    # API keys of the account (SK… -> secret): REST credentials besides the auth token.
+    api_keys: dict[str, str] = field(default_factory=dict)
     transcriptions: dict[str, Transcription] = field(default_factory=dict)
     # Calls hung up with Status=completed, (AccountSid, CallSid): they take no new transcription.
     completed_calls: dict[tuple[str, str], datetime] = field(default_factory=dict)
@@ -164,6 +166,9 @@ class Emulator:
             raise ValueError(f"account SID {self.account_sid!r} does not match AC + 32 hex digits")
         if self.speed <= 0:
             raise ValueError(f"speed ({self.speed!r}) must be greater than 0")
+        for key in self.api_keys:
+            if not API_KEY_SID.match(key):
+                raise ValueError(f"API key {key!r} does not match SK + 32 hex digits")
         if self.timestamp_digits not in TIMESTAMP_DIGITS:
             raise ValueError(
                 f"timestamp digits ({self.timestamp_digits!r}) must be one of Twilio's: "
@@ -171,8 +176,13 @@ class Emulator:
             )
 
     def authenticate(self, username: str | None, password: str | None) -> None:
-        if username != self.account_sid or password != self.auth_token:
-            raise ApiError(401, 20003, "Authenticate")
+        """Basic auth as Twilio takes it: the account SID and its auth token, or an API key's
+        SID and its secret."""
+        if username == self.account_sid and password == self.auth_token:
+            return
+        if username in self.api_keys and password == self.api_keys[username]:
+            return
+        raise ApiError(401, 20003, "Authenticate")
 
     def settings(self, params: Mapping[str, str]) -> TranscriptionSettings:
         """The create request's parameters, validated like Twilio's, with Twilio's defaults."""
