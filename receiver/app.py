@@ -8,7 +8,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from receiver import views
 from receiver.config import Settings, load_settings
 from receiver.observability import logs, metrics, telemetry
-from receiver.storage import open_store
+from receiver.storage import account_stores, open_store
 from receiver.storage.durable import DurableWriter
 from receiver.storage.spool import Spool
 from receiver.views.callback import CALLBACK_PATH
@@ -35,7 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
     spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
-    receiver = Receiver(settings, store, DurableWriter(store, spool))
+    writer = DurableWriter(store, spool, account_stores(settings, store))
+    receiver = Receiver(settings, store, writer)
     app.extensions["receiver"] = receiver
     views.register(app)
     live = metrics.LiveState(store.client, store.keys.active_calls, receiver.spool_depth)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import yaml
 
 from receiver.protocol import SID_PATTERNS
 
@@ -17,6 +20,22 @@ DEFAULT_SPOOL_DIR = "var/spool"
 
 class ConfigError(ValueError):
     """A setting is missing or has a value the receiver cannot use."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """One Twilio (sub)account of ``TWILIO_ACCOUNTS_FILE``: the tokens that may sign its
+    callbacks, and the prefix its events are stored under (None: ``STREAM_PREFIX``)."""
+
+    sid: str
+    auth_tokens: tuple[str, ...]
+    stream_prefix: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Account({self.sid!r}, auth_tokens=<{len(self.auth_tokens)} hidden>, "
+            f"stream_prefix={self.stream_prefix!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -37,11 +56,18 @@ class Settings:
     spool_dir: str | None = None
     spool_max_bytes: int = 1024**3
     redis_timeout_ms: int = 1000
+    # From TWILIO_ACCOUNTS_FILE: many accounts, each with its own tokens (then auth_tokens is
+    # empty and account_sid None).
+    accounts: tuple[Account, ...] = ()
+
+    def account(self, sid: str | None) -> Account | None:
+        """The account of ``TWILIO_ACCOUNTS_FILE`` with this SID, if any."""
+        return next((a for a in self.accounts if a.sid == sid), None)
 
     def __repr__(self) -> str:
         # Tokens and Redis passwords must never reach a log or a traceback.
         return (
-            f"Settings(auth_tokens=<{len(self.auth_tokens)} hidden>, "
+            f"Settings(auth_tokens=<{len(self.auth_tokens)} hidden>, accounts={self.accounts!r}, "
             f"account_sid={self.account_sid!r}, public_base_url={self.public_base_url!r}, "
             f"proxy_hops={self.proxy_hops}, redis_url={redact_url(self.redis_url)!r}, "
             f"stream_prefix={self.stream_prefix!r}, spool_dir={self.spool_dir!r})"
@@ -117,23 +143,103 @@ def _spool_dir(env: Mapping[str, str]) -> str | None:
     return raw or DEFAULT_SPOOL_DIR
 
 
+ACCOUNT_FIELDS = ("auth_tokens", "stream_prefix")
+SINGLE_ACCOUNT_VARIABLES = ("TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_FILE", "TWILIO_ACCOUNT_SID")
+
+
+def _collide(a: str, b: str) -> bool:
+    """Whether two prefixes' keys could mix, or a Redis ACL on ``a:*`` would reach into ``b``."""
+    return a == b or a.startswith(b + ":") or b.startswith(a + ":")
+
+
+def _account(sid: object, entry: object, where: str) -> Account:
+    if not isinstance(sid, str) or not SID_PATTERNS["AccountSid"].match(sid):
+        raise ConfigError(f"{where}: {sid!r} is not an AccountSid (AC + 32 hex digits)")
+    where = f"{where}: {sid}"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must map to {{auth_tokens: [...], stream_prefix: ...}}")
+    unknown = sorted(set(map(str, entry)) - set(ACCOUNT_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)} (known: auth_tokens, stream_prefix)"
+        )
+    tokens = entry.get("auth_tokens")
+    if (
+        not isinstance(tokens, list)
+        or not tokens
+        or not all(isinstance(t, str) and t.strip() for t in tokens)
+    ):
+        raise ConfigError(
+            f"{where}.auth_tokens must be a non-empty list of auth tokens (several during a "
+            "rotation)"
+        )
+    prefix = entry.get("stream_prefix")
+    if prefix is not None and (not isinstance(prefix, str) or not PREFIX_PATTERN.match(prefix)):
+        raise ConfigError(
+            f"{where}.stream_prefix={prefix!r} may hold only letters, digits and _ . : - (1 to 64)"
+        )
+    return Account(sid, tuple(t.strip() for t in tokens), prefix)
+
+
+def load_accounts(path: str, default_prefix: str) -> tuple[Account, ...]:
+    """The accounts of ``TWILIO_ACCOUNTS_FILE`` (YAML, or JSON), or a ConfigError that names
+    the file, the account and the field."""
+    where = f"TWILIO_ACCOUNTS_FILE={path!r}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"{where} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}"
+        ) from None
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"{where} must map each AccountSid to its auth_tokens")
+    accounts = tuple(_account(sid, entry, where) for sid, entry in data.items())
+    owners = {default_prefix: "STREAM_PREFIX"}
+    for account in accounts:
+        prefix = account.stream_prefix
+        if prefix is None:
+            continue
+        clash = next((owner for taken, owner in owners.items() if _collide(prefix, taken)), None)
+        if clash:
+            raise ConfigError(
+                f"{where}: {account.sid}.stream_prefix={prefix!r} collides with {clash}'s "
+                "prefix: each account with a prefix needs one of its own, not inside another's"
+            )
+        owners[prefix] = account.sid
+    return accounts
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool = True) -> Settings:
     """Read every setting from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
-    tokens = _tokens(env)
-    if require_token and not tokens:
-        raise ConfigError(
-            "TWILIO_AUTH_TOKEN (or TWILIO_AUTH_TOKEN_FILE) is not set: the receiver cannot "
-            "verify X-Twilio-Signature without your account's auth token"
-        )
-    account_sid = env.get("TWILIO_ACCOUNT_SID", "").strip() or None
-    if account_sid and not SID_PATTERNS["AccountSid"].match(account_sid):
-        raise ConfigError(f"TWILIO_ACCOUNT_SID={account_sid!r} does not match AC + 32 hex digits")
     prefix = env.get("STREAM_PREFIX", "").strip() or "rtt"
     if not PREFIX_PATTERN.match(prefix):
         raise ConfigError(
             f"STREAM_PREFIX={prefix!r} may hold only letters, digits and _ . : - (1 to 64)"
         )
+    accounts_file = env.get("TWILIO_ACCOUNTS_FILE", "").strip()
+    accounts: tuple[Account, ...] = ()
+    if accounts_file:
+        both = [name for name in SINGLE_ACCOUNT_VARIABLES if env.get(name, "").strip()]
+        if both:
+            raise ConfigError(
+                f"TWILIO_ACCOUNTS_FILE and {', '.join(both)} are both set: the accounts file "
+                "names every account and its tokens, so unset the single-account variables"
+            )
+        accounts = load_accounts(accounts_file, prefix)
+    tokens = _tokens(env)
+    if require_token and not tokens and not accounts:
+        raise ConfigError(
+            "TWILIO_AUTH_TOKEN (or TWILIO_AUTH_TOKEN_FILE, or TWILIO_ACCOUNTS_FILE) is not set: "
+            "the receiver cannot verify X-Twilio-Signature without your account's auth token"
+        )
+    account_sid = env.get("TWILIO_ACCOUNT_SID", "").strip() or None
+    if account_sid and not SID_PATTERNS["AccountSid"].match(account_sid):
+        raise ConfigError(f"TWILIO_ACCOUNT_SID={account_sid!r} does not match AC + 32 hex digits")
     redis_url = env.get("REDIS_URL", "").strip() or None
     if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
@@ -162,4 +268,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         spool_dir=_spool_dir(env),
         spool_max_bytes=int_setting(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),
         redis_timeout_ms=int_setting(env, "REDIS_TIMEOUT_MS", Settings.redis_timeout_ms, 10),
+        accounts=accounts,
     )

@@ -19,6 +19,9 @@ SID_PATTERNS = {
     "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}$"),
     "TranscriptionSid": re.compile(r"^GT[0-9a-fA-F]{32}$"),
 }
+# An API key's SID (Twilio's recommended REST credential in production); its secret is the
+# password, the account SID names the account in the URL.
+API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
 
 # -- the status callbacks ---------------------------------------------------------------------
 
@@ -51,7 +54,32 @@ STARTED_PARAMS = (
     "ProviderConfiguration",
 )
 CONTENT_PARAMS = ("Track", "TranscriptionData", "Final", "Stability", "LanguageCode")
+# Only with EnableProviderData=true: a JSON string {"ProviderData": {<the provider's raw
+# result>}, "ProviderConnectTime": "<ISO time>", "Provider": "deepgram"}.
+PROVIDER_DATA_PARAM = "TranscriptionProviderData"
 ERROR_PARAMS = ("TranscriptionErrorCode", "TranscriptionError")
+
+# TranscriptionErrorCode values Twilio documents for Real-Time Transcriptions (error dictionary,
+# "Real-time Transcriptions: …"); 32653 has no page we could find, so its title is ours.
+TRANSCRIPTION_ERRORS = {
+    "32650": "Configuration Error",
+    "32651": "Provider Error",
+    "32652": "Unsupported <Config> attribute(s) in TwiML",
+    "32653": "Transcription Error",
+    "32654": "PCI Error",
+    "32655": "Provider Unavailable",
+}
+
+# Engines and their speech models, as the <Transcription> docs' table lists them; the first of
+# each is the engine's default (Google: telephony, Deepgram: nova-2).
+SPEECH_MODELS = {
+    "google": ("telephony", "telephony_short", "long", "short"),
+    "deepgram": ("nova-2", "nova-3"),
+}
+DEFAULT_ENGINE = "google"
+
+# Fractional digits of Timestamp in Twilio's own examples; the most recent ones have 9.
+TIMESTAMP_DIGITS = (3, 6, 9)
 
 # Track values: what a content event's Track names, and what a transcription is started with.
 TRACKS = ("inbound_track", "outbound_track")
@@ -66,6 +94,11 @@ def track_param(track: str) -> str:
 def boolean(value: bool) -> str:
     """Twilio's booleans in callbacks: ``"true"`` / ``"false"``."""
     return "true" if value else "false"
+
+
+def default_speech_model(engine: str) -> str:
+    """Twilio's default SpeechModel for ``engine`` (``telephony`` for an engine we do not know)."""
+    return SPEECH_MODELS.get(engine, SPEECH_MODELS[DEFAULT_ENGINE])[0]
 
 
 def timestamp(at: datetime, digits: int = 6) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_events_in_order_with_growing_sequence():
     plan = events(load_conversation(), SETTINGS, IDENTITY)
     assert [c.sequence_id for c in plan] == list(range(1, len(plan) + 1))
     assert [c.event_at for c in plan] == sorted(c.event_at for c in plan)
-    assert plan[0].params["Timestamp"] == "2026-11-28T09:00:00.000000Z"
+    assert plan[0].params["Timestamp"] == "2026-11-28T09:00:00.000000000Z"
     assert plan[-1].event == "transcription-stopped"
 
 
@@ -89,17 +90,145 @@ def test_track_as_label():
 def test_provider_data_only_when_enabled():
     plain = events(load_conversation(), SETTINGS, IDENTITY)
     assert not any("ProviderData" in c.params for c in plain)
+    assert not any("TranscriptionProviderData" in c.params for c in plain)
     settings = TranscriptionSettings("http://127.0.0.1:9/cb", enable_provider_data=True)
     rich = [c for c in events(load_conversation(), settings, IDENTITY) if "Final" in c.params]
-    assert rich and all(json.loads(c.params["ProviderData"])["isFinal"] for c in rich)
+    assert rich and not any("ProviderData" in c.params for c in rich)
+    envelopes = [json.loads(c.params["TranscriptionProviderData"]) for c in rich]
+    assert all(e["Provider"] == "google" and e["ProviderData"]["isFinal"] for e in envelopes)
+
+
+def _deepgram_content(**settings: object) -> list:
+    chosen = TranscriptionSettings(
+        "http://127.0.0.1:9/cb",
+        transcription_engine="deepgram",
+        enable_provider_data=True,
+        **settings,  # type: ignore[arg-type]
+    )
+    plan = events(load_conversation(), chosen, IDENTITY)
+    return [c for c in plan if c.event == "transcription-content"]
+
+
+def test_deepgram_provider_data_is_shaped_as_twilio_documents():
+    script = load_conversation()
+    finals = [c for c in _deepgram_content() if c.params["Final"] == "true"]
+    assert len(finals) == len(script.utterances)
+    for callback, utterance in zip(finals, script.utterances, strict=True):
+        envelope = json.loads(callback.params["TranscriptionProviderData"])
+        assert set(envelope) == {"ProviderData", "ProviderConnectTime", "Provider"}
+        assert envelope["Provider"] == "deepgram"
+        assert envelope["ProviderConnectTime"] == IDENTITY.stamp(0.0)
+        raw = envelope["ProviderData"]
+        assert raw["is_final"] is True
+        # start and duration: seconds since ProviderConnectTime, the conversation's timeline.
+        assert raw["start"] == pytest.approx(utterance.at, abs=0.001)
+        assert raw["duration"] == pytest.approx(utterance.duration, abs=0.001)
+        (alternative,) = raw["channel"]["alternatives"]
+        words = alternative["words"]
+        assert [w["punctuated_word"] for w in words] == utterance.text.split()
+        assert all(set(w) >= {"word", "start", "end", "confidence"} for w in words)
+        assert all(0 <= w["confidence"] <= 1 for w in words)
+        bounds = [(w["start"], w["end"]) for w in words]
+        assert all(start < end for start, end in bounds)
+        assert bounds == sorted(bounds)
+        assert utterance.at <= bounds[0][0] and bounds[-1][1] <= utterance.at + utterance.duration
+
+
+def test_deepgram_default_model_is_nova_2():
+    (first, *_) = _deepgram_content()
+    raw = json.loads(first.params["TranscriptionProviderData"])["ProviderData"]
+    assert raw["metadata"]["model_info"]["name"] == "nova-2"
+    chosen = TranscriptionSettings("http://127.0.0.1:9/cb", transcription_engine="deepgram")
+    started = events(load_conversation(), chosen, IDENTITY)[0].params
+    assert json.loads(started["ProviderConfiguration"])["speechModel"] == "nova-2"
+
+
+def test_unknown_speech_model_fails_with_a_configuration_error():
+    chosen = TranscriptionSettings(
+        "http://127.0.0.1:9/cb", transcription_engine="deepgram", speech_model="telephony"
+    )
+    plan = events(load_conversation(), chosen, IDENTITY)
+    assert [c.event for c in plan] == [
+        "transcription-started",
+        "transcription-error",
+        "transcription-stopped",
+    ]
+    assert plan[1].params["TranscriptionErrorCode"] == "32650"
+    assert "telephony" in plan[1].params["TranscriptionError"]
+
+
+def test_partials_carry_stability_and_no_confidence():
+    content = _deepgram_content(partial_results=True)
+    partials = [c for c in content if c.params["Final"] == "false"]
+    finals = [c for c in content if c.params["Final"] == "true"]
+    assert partials and finals
+    for partial in partials:
+        assert "confidence" not in json.loads(partial.params["TranscriptionData"])
+        assert 0 < float(partial.params["Stability"]) < 1
+    for final in finals:
+        assert "confidence" in json.loads(final.params["TranscriptionData"])
+        assert "Stability" not in final.params
+    plain = _deepgram_content(partial_results=False)
+    assert all(c.params["Final"] == "true" for c in plain)
+    assert all("Stability" not in c.params for c in plain)
+    assert all("confidence" in json.loads(c.params["TranscriptionData"]) for c in plain)
+
+
+@pytest.mark.parametrize(("digits", "fraction"), [(3, "500"), (6, "500000"), (9, "500000000")])
+def test_timestamp_precisions(digits, fraction):
+    identity = replace(IDENTITY, started_at=IDENTITY.started_at + timedelta(milliseconds=500))
+    plan = events(load_conversation(), SETTINGS, replace(identity, timestamp_digits=digits))
+    assert plan[0].params["Timestamp"] == f"2026-11-28T09:00:00.{fraction}Z"
+
+
+def test_default_timestamp_breaks_a_microsecond_parser():
+    stamp = events(load_conversation(), SETTINGS, IDENTITY)[0].params["Timestamp"]
+    with pytest.raises(ValueError):
+        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_track_drift_numbers_a_final_after_the_other_party_s_later_speech():
+    def inversions(plan: list) -> list:
+        """(earlier speech, later speech) pairs of the two tracks numbered the other way."""
+        spoken = [
+            (c.sequence_id, json.loads(c.params["TranscriptionProviderData"])["ProviderData"])
+            for c in plan
+            if c.event == "transcription-content" and c.params["Final"] == "true"
+        ]
+        return [
+            (a, b) for a in spoken for b in spoken if a[1]["start"] < b[1]["start"] and a[0] > b[0]
+        ]
+
+    chosen = TranscriptionSettings(
+        "http://127.0.0.1:9/cb", transcription_engine="deepgram", enable_provider_data=True
+    )
+    in_step = events(load_conversation(), chosen, IDENTITY)
+    assert inversions(in_step) == []
+    drifted = events(load_conversation(), chosen, IDENTITY, Faults(track_drift=3.0))
+    assert inversions(drifted)
+    assert [c.sequence_id for c in drifted] == list(range(1, len(drifted) + 1))
+    for track in ("inbound_track", "outbound_track"):
+        # Per track, production order is still speaking order.
+        starts = [
+            json.loads(c.params["TranscriptionProviderData"])["ProviderData"]["start"]
+            for c in drifted
+            if c.params.get("Track") == track and c.params["Final"] == "true"
+        ]
+        assert starts == sorted(starts)
+    assert drifted[-1].event == "transcription-stopped"
+
+
+def test_error_codes_are_twilio_s():
+    with pytest.raises(ValueError, match="32650"):
+        Faults(error_code="95100")
 
 
 def test_error_ends_the_transcription():
-    plan = events(load_conversation(), SETTINGS, IDENTITY, Faults(error_at=8.0, error_code="95100"))
+    plan = events(load_conversation(), SETTINGS, IDENTITY, Faults(error_at=8.0))
     names = [c.event for c in plan]
     assert names[-2:] == ["transcription-error", "transcription-stopped"]
     error = plan[-2].params
-    assert error["TranscriptionErrorCode"] == "95100"
+    assert error["TranscriptionErrorCode"] == "32655"
     assert error["TranscriptionError"]
     assert all(c.event_at <= 8.0 for c in plan)
     assert [c.sequence_id for c in plan] == list(range(1, len(plan) + 1))
@@ -154,7 +283,7 @@ def test_timestamps_are_wall_clock_at_any_speed():
     first_final = next(c for c in plan if c.params.get("Final") == "true")
     utterance = load_conversation().utterances[0]
     seconds = (utterance.at + utterance.duration) / 10.0
-    assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}Z"
+    assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}000Z"
 
 
 def test_script_language_is_the_default_language_code():

@@ -78,7 +78,7 @@ def test_raw_answer_has_twilio_shape(emulator: EmulatorServer):
         auth=(em.account_sid, em.auth_token),
         timeout=5,
     )
-    assert response.status_code == 201
+    assert response.status_code == 200  # the current OpenAPI's answer (201 before 2025)
     body = response.json()
     assert set(body) == {"account_sid", "call_sid", "sid", "name", "status", "date_updated", "uri"}
     assert body["name"] is None
@@ -209,7 +209,7 @@ def test_full_call_callbacks_post(twilio: Client, emulator: EmulatorServer, sink
     assert [int(r.params["SequenceId"]) for r in got] == list(range(1, len(got) + 1))
     stamps = [r.params["Timestamp"] for r in got]
     assert stamps == sorted(stamps)
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", t) for t in stamps)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", t) for t in stamps)
     for r in got:
         assert r.params["AccountSid"] == created.account_sid
         assert r.params["CallSid"] == call_sid
@@ -329,3 +329,53 @@ def test_retries_every_5xx_and_408_425_429(sink, status: int, attempts: int):
         )
     assert (delivery.status, delivery.attempts) == (status, attempts)
     assert len(sink.received) == attempts
+
+
+def test_hanging_up_stops_transcriptions_and_refuses_new_ones(sink: CallbackSink):
+    # Real time: the call is surely still talking when it is hung up.
+    with EmulatorServer(Emulator(auth_token=sink.token)) as slow:
+        twilio = Client(slow.emulator.account_sid, slow.emulator.auth_token)
+        twilio.api.base_url = slow.url
+        call_sid = sid("CA")
+        created = twilio.calls(call_sid).transcriptions.create(status_callback_url=sink.url)
+        call = twilio.calls(call_sid).update(status="completed")
+        assert (call.sid, call.status) == (call_sid, "completed")
+        assert slow.emulator.wait(10)
+        got = sink.of(created.sid)
+        assert got[-1].params["TranscriptionEvent"] == "transcription-stopped"
+        assert slow.emulator.transcriptions[created.sid].status == "stopped"
+        refused = rest_error(lambda: twilio.calls(call_sid).transcriptions.create())
+        assert (refused.status, refused.code) == (400, 21220)
+        assert "not in progress" in refused.msg
+        again = rest_error(lambda: twilio.calls(call_sid).update(status="completed"))
+        assert (again.status, again.code) == (400, 21220)
+        other = twilio.calls(sid("CA")).transcriptions.create()  # other calls go on
+        assert other.status == "in-progress"
+
+
+def test_provider_data_and_timestamps_on_the_wire(
+    twilio: Client, emulator: EmulatorServer, sink: CallbackSink
+):
+    created = twilio.calls(sid("CA")).transcriptions.create(
+        status_callback_url=sink.url,
+        transcription_engine="deepgram",
+        enable_provider_data=True,
+        partial_results=True,
+    )
+    assert emulator.emulator.wait(10)
+    got = sink.of(created.sid)
+    assert all(r.signature_valid for r in got)
+    stamps = [r.params["Timestamp"] for r in got]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", t) for t in stamps)
+    content = [r.params for r in got if r.params["TranscriptionEvent"] == "transcription-content"]
+    assert content and all("ProviderData" not in p for p in content)
+    for params in content:
+        envelope = json.loads(params["TranscriptionProviderData"])
+        assert envelope["Provider"] == "deepgram"
+        raw = envelope["ProviderData"]
+        assert raw["is_final"] is (params["Final"] == "true")
+        assert {"start", "duration"} <= set(raw)
+        assert raw["channel"]["alternatives"][0]["words"]
+        data = json.loads(params["TranscriptionData"])
+        assert ("confidence" in data) is (params["Final"] == "true")
+        assert ("Stability" in params) is (params["Final"] == "false")

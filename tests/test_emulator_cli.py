@@ -16,6 +16,7 @@ from twilio.rest import Client
 from receiver.cli import main
 from receiver.server.embedded_redis import free_port
 
+from .support.callback_sink import CallbackSink
 from .support.twilio_calls import sid
 
 pytestmark = pytest.mark.slow  # starts servers or processes
@@ -137,3 +138,31 @@ def test_emulate_hint_works_without_credentials():
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=15)
+
+
+ERROR_32651 = ["--error-at", "20", "--error-code", "32651"]
+
+
+def test_simulate_timestamp_digits_drift_and_error_code():
+    sink = CallbackSink(TOKEN).start()
+    try:
+        args = ["simulate", "--url", sink.url, "--speed", "40", "--partial-results"]
+        result = CliRunner().invoke(
+            main,
+            [*args, "--timestamp-digits", "3", "--track-drift", "2", *ERROR_32651],
+            env={"TWILIO_AUTH_TOKEN": TOKEN},
+        )
+        assert result.exit_code == 0, result.output
+        stamps = [r.params["Timestamp"] for r in sink.received]
+        assert stamps and all(len(t.rsplit(".", 1)[1]) == len("123Z") for t in stamps)
+        (error,) = [r.params for r in sink.received if "TranscriptionErrorCode" in r.params]
+        assert (error["TranscriptionErrorCode"], error["TranscriptionError"]) == (
+            "32651",
+            "Provider Error",
+        )
+    finally:
+        sink.stop()
+    invented = CliRunner().invoke(main, [*args, "--error-code", "95100"])
+    assert invented.exit_code == 2 and "'95100' is not one of" in invented.output
+    nanos = CliRunner().invoke(main, [*args, "--timestamp-digits", "7"])
+    assert nanos.exit_code == 2

@@ -126,7 +126,7 @@ def test_faulty_delivery_still_lands_exactly_once(start_receiver, redis_client):
 
 def test_labels_in_track_and_an_error_mid_call(start_receiver, redis_client):
     receiver = start_receiver(TWILIO_AUTH_TOKEN=TOKEN)
-    faults = Faults(error_at=10.0, error_code="95100", track_as_label=True)
+    faults = Faults(error_at=10.0, error_code="32655", track_as_label=True)
     emulator = Emulator(ACCOUNT, TOKEN, faults=faults, speed=40)
     with EmulatorServer(emulator) as server:
         client = Client(ACCOUNT, TOKEN)
@@ -140,7 +140,7 @@ def test_labels_in_track_and_an_error_mid_call(start_receiver, redis_client):
         assert emulator.wait(15)
     entries = [fields for _, fields in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
     assert [e["event"] for e in entries][-2:] == ["error", "stopped"]
-    assert entries[-2]["error_code"] == "95100"
+    assert entries[-2]["error_code"] == "32655"
     content = [e for e in entries if e["event"] == "content"]
     spoken = [u for u in load_conversation().utterances if u.at + u.duration < 10.0]
     assert [(e["track"], e["track_label"], e["transcript"]) for e in content] == [

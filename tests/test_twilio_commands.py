@@ -160,6 +160,59 @@ def test_usage_errors(emulator: EmulatorServer):
     assert nowhere.exit_code == 1 and "cannot reach the Twilio API" in nowhere.output
 
 
+API_KEY, API_SECRET = "SK" + "5" * 32, "api-secret"
+
+
+@pytest.fixture
+def keyed() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Emulator(speed=50, api_keys={API_KEY: API_SECRET})) as server:
+        yield server
+
+
+def test_an_api_key_with_the_account_sid(keyed: EmulatorServer):
+    call_sid = sid("CA")
+    env = {"TWILIO_AUTH_TOKEN": None, "TWILIO_API_KEY": API_KEY, "TWILIO_API_SECRET": API_SECRET}
+    started = run(keyed, "start", call_sid, "--name", "keyed", "--json", **env)
+    assert started.exit_code == 0, started.output
+    assert json.loads(started.stdout)["account_sid"] == keyed.emulator.account_sid
+    stopped = run(keyed, "stop", call_sid, "keyed", **env)
+    assert stopped.exit_code == 0, stopped.output
+    # The key wins over an auth token set for the receiver: a wrong secret is refused.
+    wrong = run(keyed, "start", call_sid, **{**env, "TWILIO_API_SECRET": "nope"})
+    assert wrong.exit_code == 1 and "(HTTP 401, error 20003)" in wrong.output
+    options = run(
+        keyed,
+        "start",
+        sid("CA"),
+        "--api-key",
+        API_KEY,
+        "--api-secret",
+        API_SECRET,
+        TWILIO_AUTH_TOKEN="not-the-token",
+    )
+    assert options.exit_code == 0, options.output
+
+
+def test_api_key_usage_errors(keyed: EmulatorServer):
+    no_secret = run(keyed, "start", sid("CA"), TWILIO_API_KEY=API_KEY)
+    assert no_secret.exit_code == 2 and "TWILIO_API_SECRET is not set" in no_secret.output
+    not_a_key = run(keyed, "start", sid("CA"), TWILIO_API_KEY="AC123", TWILIO_API_SECRET="x")
+    assert not_a_key.exit_code == 2 and "SK followed by 32 hex" in not_a_key.output
+    no_account = run(
+        keyed,
+        "start",
+        sid("CA"),
+        TWILIO_API_KEY=API_KEY,
+        TWILIO_API_SECRET=API_SECRET,
+        TWILIO_ACCOUNT_SID="",
+        TWILIO_API_BASE_URL="",
+        PUBLIC_BASE_URL="https://rtt.example.com",
+    )
+    assert no_account.exit_code == 2 and "an API key needs the SID of its account" in (
+        no_account.output
+    )
+
+
 def test_twiml_start_and_stop():
     result = CliRunner().invoke(
         main,

@@ -21,6 +21,7 @@ import click
 
 from receiver.devtools.conversation import (
     DEFAULT_ERROR_CODE,
+    DEFAULT_TIMESTAMP_DIGITS,
     ConversationError,
     Faults,
     load_conversation,
@@ -34,7 +35,7 @@ from receiver.devtools.emulator import (
     Transcription,
 )
 from receiver.devtools.playback import Summary
-from receiver.protocol import TRACK_SETTINGS
+from receiver.protocol import TIMESTAMP_DIGITS, TRACK_SETTINGS, TRANSCRIPTION_ERRORS
 from receiver.views.callback import CALLBACK_PATH
 
 DEFAULT_EMULATOR_PORT = 8010
@@ -42,7 +43,8 @@ Probability = click.FloatRange(0.0, 1.0)
 
 
 def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Conversation, speed and fault options, turned into ``script``, ``faults`` and ``speed``."""
+    """Conversation, speed, Timestamp and fault options, turned into ``script``, ``faults``,
+    ``speed`` and ``timestamp_digits``."""
     options = [
         click.option(
             "--script",
@@ -76,7 +78,29 @@ def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0.0),
             help="Send transcription-error this many seconds in, then stop.",
         ),
-        click.option("--error-code", default=DEFAULT_ERROR_CODE, show_default=True),
+        click.option(
+            "--error-code",
+            type=click.Choice(list(TRANSCRIPTION_ERRORS)),
+            default=DEFAULT_ERROR_CODE,
+            show_default=True,
+            help="TranscriptionErrorCode of --error-at, from Twilio's documented range.",
+        ),
+        click.option(
+            "--track-drift",
+            type=click.FloatRange(min=0.0),
+            default=0.0,
+            show_default=True,
+            help="Seconds the outbound track's results lag the inbound's, so SequenceIds "
+            "follow production order, not speaking order.",
+        ),
+        click.option(
+            "--timestamp-digits",
+            type=click.Choice([str(d) for d in TIMESTAMP_DIGITS]),
+            default=str(DEFAULT_TIMESTAMP_DIGITS),
+            show_default=True,
+            callback=lambda _ctx, _param, value: int(value),
+            help="Fractional digits of Timestamp, as in Twilio's examples.",
+        ),
         click.option(
             "--track-as-label",
             is_flag=True,
@@ -91,14 +115,17 @@ def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
             script = load_conversation(kwargs.pop("script_path"))
         except ConversationError as error:
             raise click.BadParameter(str(error), param_hint="--script") from None
+        code = kwargs.pop("error_code")
         faults = Faults(
             duplicates=kwargs.pop("duplicates"),
             reorder=kwargs.pop("reorder"),
             delay=kwargs.pop("delay"),
             max_delay=kwargs.pop("max_delay"),
             error_at=kwargs.pop("error_at"),
-            error_code=kwargs.pop("error_code"),
+            error_code=code,
+            error_message=TRANSCRIPTION_ERRORS[code],
             track_as_label=kwargs.pop("track_as_label"),
+            track_drift=kwargs.pop("track_drift"),
             seed=kwargs.pop("seed"),
         )
         return command(script=script, faults=faults, **kwargs)
@@ -147,8 +174,26 @@ def _emulator(**kwargs: Any) -> Emulator:
     "--allow-remote", is_flag=True, help="Also send callbacks to hosts other than loopback."
 )
 @account_options
+@click.option(
+    "--api-key",
+    envvar="TWILIO_API_KEY",
+    help="Also accept this API key SID (SK…) as a REST credential [env: TWILIO_API_KEY].",
+)
+@click.option("--api-secret", envvar="TWILIO_API_SECRET", help="[env: TWILIO_API_SECRET]")
 @playback_options
-def emulate(host, port, allow_remote, account_sid, auth_token, script, faults, speed) -> None:
+def emulate(
+    host,
+    port,
+    allow_remote,
+    account_sid,
+    auth_token,
+    api_key,
+    api_secret,
+    script,
+    faults,
+    speed,
+    timestamp_digits,
+) -> None:
     """Run a local stand-in for Twilio's RealtimeTranscription REST resource.
 
     Point the official client at it (client.api.base_url, or --api-base-url of
@@ -156,13 +201,17 @@ def emulate(host, port, allow_remote, account_sid, auth_token, script, faults, s
     signed callbacks to its StatusCallbackUrl.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if bool(api_key) != bool(api_secret):
+        raise click.UsageError("give both --api-key and --api-secret (TWILIO_API_KEY/SECRET)")
     emulator = _emulator(
         account_sid=account_sid,
         auth_token=auth_token,
+        api_keys={api_key: api_secret} if api_key else {},
         script=script,
         faults=faults,
         speed=speed,
         allow_remote=allow_remote,
+        timestamp_digits=timestamp_digits,
     )
     server = EmulatorServer(emulator, host, port, access_log=True)
     try:
@@ -261,6 +310,7 @@ def simulate(
     script,
     faults,
     speed,
+    timestamp_digits,
 ) -> None:
     """Play N simulated calls against a receiver and report what was sent.
 
@@ -274,6 +324,7 @@ def simulate(
         faults=faults,
         speed=speed,
         allow_remote=allow_remote,
+        timestamp_digits=timestamp_digits,
     )
     params = {
         "StatusCallbackUrl": url,

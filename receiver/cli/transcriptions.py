@@ -20,7 +20,7 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import Start, Stop, VoiceResponse
 
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
-from receiver.protocol import SID_PATTERNS, TRACK_SETTINGS
+from receiver.protocol import API_KEY_SID, SID_PATTERNS, TRACK_SETTINGS
 from receiver.views.callback import CALLBACK_PATH
 
 # (option, Twilio's parameter, the client's keyword, kind), every parameter of the resource.
@@ -90,19 +90,55 @@ def callback_url(given: str | None, labels: dict[str, str | None], emulated: boo
     return url
 
 
-def client_from(account_sid: str | None, auth_token: str | None, api_base_url: str | None):
-    if api_base_url:
+def _credentials(
+    account_sid: str | None,
+    auth_token: str | None,
+    api_key: str | None,
+    api_secret: str | None,
+    emulated: bool,
+) -> tuple[str, str, str]:
+    """(username, password, account SID) for the client: an API key and its secret when one is
+    given (Twilio's advice for production; it wins over an auth token set for the receiver),
+    else the account's auth token."""
+    if emulated:
         # Aimed at the emulator: its own test account and token are the natural defaults, the
         # ones `receiver emulate` uses when neither is set (so its printed hint just works).
         account_sid = account_sid or DEFAULT_ACCOUNT_SID
-        auth_token = auth_token or DEFAULT_AUTH_TOKEN
+        if not api_key:
+            auth_token = auth_token or DEFAULT_AUTH_TOKEN
     if not account_sid or not SID_PATTERNS["AccountSid"].match(account_sid):
         raise click.UsageError(
             f"TWILIO_ACCOUNT_SID ({account_sid!r}) must be AC followed by 32 hex digits"
+            + (" (an API key needs the SID of its account)" if api_key else "")
         )
+    if api_key or api_secret:
+        if not api_key or not API_KEY_SID.match(api_key):
+            raise click.UsageError(
+                f"TWILIO_API_KEY ({api_key!r}) must be an API key SID: SK followed by 32 hex "
+                "digits (set it with TWILIO_API_SECRET, or neither)"
+            )
+        if not api_secret:
+            raise click.UsageError("TWILIO_API_SECRET is not set (or give --api-secret)")
+        return api_key, api_secret, account_sid
     if not auth_token:
-        raise click.UsageError("TWILIO_AUTH_TOKEN is not set (or give --auth-token)")
-    client = Client(account_sid, auth_token.split(",")[0].strip())
+        raise click.UsageError(
+            "TWILIO_AUTH_TOKEN is not set (or give --auth-token, or TWILIO_API_KEY and "
+            "TWILIO_API_SECRET)"
+        )
+    return account_sid, auth_token.split(",")[0].strip(), account_sid
+
+
+def client_from(
+    account_sid: str | None,
+    auth_token: str | None,
+    api_base_url: str | None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+) -> Client:
+    username, password, account = _credentials(
+        account_sid, auth_token, api_key, api_secret, bool(api_base_url)
+    )
+    client = Client(username, password, account)
     if api_base_url:
         client.api.base_url = api_base_url.rstrip("/")
         client.edge = client.region = None  # a region or edge would rewrite the host
@@ -124,6 +160,16 @@ def twilio_error(error: Exception, base_url: str) -> click.ClickException:
 
 
 def account_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--api-secret",
+        envvar="TWILIO_API_SECRET",
+        help="The API key's secret [env: TWILIO_API_SECRET].",
+    )(command)
+    command = click.option(
+        "--api-key",
+        envvar="TWILIO_API_KEY",
+        help="An API key SID (SK…), used instead of the auth token [env: TWILIO_API_KEY].",
+    )(command)
     command = click.option(
         "--api-base-url",
         envvar="TWILIO_API_BASE_URL",
@@ -154,9 +200,11 @@ def transcriptions() -> None:
 @resource_options
 @account_options
 @click.option("--json", "as_json", is_flag=True, help="Print the resource as JSON.")
-def start(call_sid, account_sid, auth_token, api_base_url, as_json, **params) -> None:
+def start(
+    call_sid, account_sid, auth_token, api_key, api_secret, api_base_url, as_json, **params
+) -> None:
     """Start a transcription on the in-progress call CALL_SID."""
-    client = client_from(account_sid, auth_token, api_base_url)
+    client = client_from(account_sid, auth_token, api_base_url, api_key, api_secret)
     labels = {
         "inbound_label": params["inbound_track_label"],
         "outbound_label": params["outbound_track_label"],
@@ -184,9 +232,11 @@ def start(call_sid, account_sid, auth_token, api_base_url, as_json, **params) ->
 @click.argument("sid_or_name")
 @account_options
 @click.option("--json", "as_json", is_flag=True, help="Print the resource as JSON.")
-def stop(call_sid, sid_or_name, account_sid, auth_token, api_base_url, as_json) -> None:
+def stop(
+    call_sid, sid_or_name, account_sid, auth_token, api_key, api_secret, api_base_url, as_json
+) -> None:
     """Stop the transcription SID_OR_NAME (its GT… SID or its name) on call CALL_SID."""
-    client = client_from(account_sid, auth_token, api_base_url)
+    client = client_from(account_sid, auth_token, api_base_url, api_key, api_secret)
     try:
         stopped = client.calls(call_sid).transcriptions(sid_or_name).update(status="stopped")
     except (TwilioException, requests.RequestException) as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,9 +20,14 @@ from pathlib import Path
 import yaml
 
 from receiver.protocol import (
+    DEFAULT_ENGINE,
+    PROVIDER_DATA_PARAM,
+    SPEECH_MODELS,
+    TRANSCRIPTION_ERRORS,
     boolean,
     callback_params,
     content_params,
+    default_speech_model,
     timestamp,
     track_param,
 )
@@ -30,9 +36,12 @@ TRACKS = ("inbound", "outbound")
 BUILTIN_CONVERSATION = "support-call"
 # Stability Google reports on partial results grows as more audio confirms the words.
 MIN_STABILITY, MAX_STABILITY = 0.4, 0.9
-# The emulator's choice: Twilio documents no code for a failure mid-transcription.
-DEFAULT_ERROR_CODE = "95100"
-DEFAULT_ERROR_MESSAGE = "Twilio failed to transcribe audio due to an internal issue."
+# A failure mid-call: Twilio's documented code for a provider that went away.
+DEFAULT_ERROR_CODE = "32655"
+DEFAULT_ERROR_MESSAGE = TRANSCRIPTION_ERRORS[DEFAULT_ERROR_CODE]
+CONFIGURATION_ERROR = "32650"
+# Twilio's latest examples carry 9 fractional digits; parsers that stop at 6 must fail in tests.
+DEFAULT_TIMESTAMP_DIGITS = 9
 
 
 class ConversationError(ValueError):
@@ -74,8 +83,8 @@ class TranscriptionSettings:
     outbound_track_label: str | None = None
     partial_results: bool = False
     language_code: str | None = None  # None: the script's language_code
-    transcription_engine: str = "google"
-    speech_model: str = "telephony"
+    transcription_engine: str = DEFAULT_ENGINE
+    speech_model: str | None = None  # None: the engine's default (telephony, nova-2)
     profanity_filter: bool = True
     hints: str | None = None
     enable_automatic_punctuation: bool = True
@@ -90,6 +99,20 @@ class TranscriptionSettings:
     def label(self, track: str) -> str | None:
         return self.inbound_track_label if track == "inbound" else self.outbound_track_label
 
+    @property
+    def model(self) -> str:
+        return self.speech_model or default_speech_model(self.transcription_engine)
+
+    def configuration_problem(self) -> str | None:
+        """Why Twilio would refuse this engine and model (error 32650), or None."""
+        engine, model = self.transcription_engine, self.model
+        if engine not in SPEECH_MODELS:
+            return f"TranscriptionEngine {engine!r} must be one of {', '.join(SPEECH_MODELS)}"
+        if model not in SPEECH_MODELS[engine]:
+            allowed = ", ".join(SPEECH_MODELS[engine])
+            return f"SpeechModel {model!r} is not a {engine} model ({allowed})"
+        return None
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -103,7 +126,17 @@ class Faults:
     error_code: str = DEFAULT_ERROR_CODE
     error_message: str = DEFAULT_ERROR_MESSAGE
     track_as_label: bool = False  # send the label in Track, as some accounts receive [observed]
+    # Seconds the outbound track's results come after the inbound track's: each track is
+    # transcribed on its own, so SequenceIds follow production order, not speaking order.
+    track_drift: float = 0.0
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.error_code not in TRANSCRIPTION_ERRORS:
+            codes = ", ".join(TRANSCRIPTION_ERRORS)
+            raise ValueError(f"error code {self.error_code!r} is not one of Twilio's ({codes})")
+        if self.track_drift < 0:
+            raise ValueError(f"track drift ({self.track_drift!r}) must not be negative")
 
 
 @dataclass(frozen=True)
@@ -131,6 +164,14 @@ class Identity:
     transcription_sid: str
     started_at: datetime  # aware, UTC: Timestamp of the started event
     speed: float = 1.0  # script seconds per wall-clock second: Timestamps are wall-clock times
+    timestamp_digits: int = DEFAULT_TIMESTAMP_DIGITS
+
+    def wall(self, at: float) -> float:
+        """Wall-clock seconds since the start for ``at`` script seconds."""
+        return at / self.speed
+
+    def stamp(self, at: float) -> str:
+        return timestamp(self.started_at + timedelta(seconds=self.wall(at)), self.timestamp_digits)
 
 
 def _number(data: Mapping, key: str, where: str, default: float | None = None) -> float:
@@ -200,7 +241,7 @@ def load_conversation(path: str | Path | None = None) -> Conversation:
 def _provider_configuration(settings: TranscriptionSettings) -> str:
     config: dict[str, object] = {
         "profanityFilter": boolean(settings.profanity_filter),
-        "speechModel": settings.speech_model,
+        "speechModel": settings.model,
         "enableAutomaticPunctuation": boolean(settings.enable_automatic_punctuation),
     }
     if settings.hints:
@@ -225,60 +266,146 @@ def _started(settings: TranscriptionSettings) -> dict[str, str]:
     return params
 
 
+@dataclass(frozen=True)
+class Result:
+    """One recognition result of an utterance: the words heard so far, up to ``heard`` script
+    seconds after the utterance began."""
+
+    utterance: Utterance
+    words: tuple[str, ...]
+    heard: float
+    final: bool
+    stability: float = 0.0
+
+
+def _word_times(result: Result) -> list[tuple[str, float, float]]:
+    """(word, start, end) in script seconds: the utterance's words spread evenly over it."""
+    utterance = result.utterance
+    step = utterance.duration / max(1, len(utterance.text.split()))
+    return [
+        (word, utterance.at + n * step, utterance.at + n * step + step * 0.9)
+        for n, word in enumerate(result.words)
+    ]
+
+
+def _word_confidence(confidence: float, n: int) -> float:
+    return round(min(1.0, max(0.0, confidence + 0.04 * ((n % 3) - 1))), 4)
+
+
+def _deepgram(result: Result, identity: Identity, settings: TranscriptionSettings) -> dict:
+    """Deepgram's streaming ``Results`` message; times in seconds since the provider connected."""
+    confidence = result.utterance.confidence if result.final else result.utterance.confidence * 0.9
+    words = [
+        {
+            "word": word.strip(".,?!;:").lower(),
+            "start": round(identity.wall(start), 3),
+            "end": round(identity.wall(end), 3),
+            "confidence": _word_confidence(confidence, n),
+            "punctuated_word": word,
+        }
+        for n, (word, start, end) in enumerate(_word_times(result))
+    ]
+    return {
+        "type": "Results",
+        "channel_index": [0, 1],
+        "start": round(identity.wall(result.utterance.at), 3),
+        "duration": round(identity.wall(result.heard), 3),
+        "is_final": result.final,
+        "speech_final": result.final,
+        "channel": {
+            "alternatives": [
+                {
+                    "transcript": " ".join(result.words),
+                    "confidence": round(confidence, 4),
+                    "words": words,
+                }
+            ]
+        },
+        "metadata": {
+            "request_id": str(uuid.uuid5(uuid.NAMESPACE_URL, identity.transcription_sid)),
+            "model_info": {"name": settings.model},
+        },
+    }
+
+
+def _google(result: Result, identity: Identity) -> dict:
+    """Google's ``StreamingRecognitionResult`` (the emulator's choice: Twilio shows Deepgram's)."""
+
+    def offset(seconds: float) -> str:
+        return f"{identity.wall(seconds):.3f}s"
+
+    alternative: dict[str, object] = {
+        "transcript": " ".join(result.words),
+        "words": [
+            {"word": word, "startOffset": offset(start), "endOffset": offset(end)}
+            for word, start, end in _word_times(result)
+        ],
+    }
+    if result.final:
+        alternative["confidence"] = result.utterance.confidence
+    return {
+        "alternatives": [alternative],
+        "isFinal": result.final,
+        "stability": 0.0 if result.final else round(result.stability, 2),
+        "resultEndOffset": offset(result.utterance.at + result.heard),
+    }
+
+
+def provider_data(result: Result, identity: Identity, settings: TranscriptionSettings) -> str:
+    """``TranscriptionProviderData``: the provider's raw result in Twilio's envelope."""
+    engine = settings.transcription_engine
+    raw = (
+        _deepgram(result, identity, settings) if engine == "deepgram" else _google(result, identity)
+    )
+    envelope = {
+        "ProviderData": raw,
+        "ProviderConnectTime": identity.stamp(0.0),
+        "Provider": engine,
+    }
+    return json.dumps(envelope, ensure_ascii=False)
+
+
 def _content(
-    settings: TranscriptionSettings,
-    faults: Faults,
-    track: str,
-    text: str,
-    final: bool,
-    confidence: float,
-    stability: float,
+    settings: TranscriptionSettings, faults: Faults, identity: Identity, result: Result
 ) -> dict[str, str]:
+    """Partial results carry Stability and no confidence, finals the reverse [docs]."""
+    track = result.utterance.track
     label = settings.label(track)
     params = content_params(
         label if faults.track_as_label and label else track_param(track),
-        text,
-        final=final,
-        confidence=confidence if final else None,
-        stability=None if final else stability,
+        " ".join(result.words),
+        final=result.final,
+        confidence=result.utterance.confidence if result.final else None,
+        stability=None if result.final else result.stability,
         language_code=settings.language_code or "en-US",
     )
     if settings.enable_provider_data:
-        # The emulator's choice of shape: Twilio documents the flag, not the payload.
-        params["ProviderData"] = json.dumps(
-            {
-                "isFinal": final,
-                "stability": 0.0 if final else stability,
-                "alternatives": [{"transcript": text, "confidence": confidence if final else 0}],
-            }
-        )
+        params[PROVIDER_DATA_PARAM] = provider_data(result, identity, settings)
     return params
 
 
 def _utterance_events(
-    utterance: Utterance, settings: TranscriptionSettings, faults: Faults
+    utterance: Utterance, settings: TranscriptionSettings, faults: Faults, identity: Identity
 ) -> list[tuple[float, dict[str, str]]]:
-    """Partial results as the words come (growing text, growing stability), then the final."""
-    events = []
-    words = utterance.text.split()
+    """Partial results as the words come (growing text, growing stability), then the final,
+    each at the time its track's engine produces it."""
+    lag = faults.track_drift if utterance.track == "outbound" else 0.0
+    words = tuple(utterance.text.split())
+    results = []
     if settings.partial_results and len(words) > 1:
         # At most about one partial per 0.3 s of speech, as engines batch interim results.
         count = min(len(words) - 1, max(1, int(utterance.duration / 0.3)))
         for n in range(1, count + 1):
             fraction = n / (count + 1)
-            shown = " ".join(words[: max(1, round(len(words) * fraction))])
+            shown = words[: max(1, round(len(words) * fraction))]
             stability = MIN_STABILITY + (MAX_STABILITY - MIN_STABILITY) * fraction
-            events.append(
-                (
-                    utterance.at + utterance.duration * fraction,
-                    _content(settings, faults, utterance.track, shown, False, 0.0, stability),
-                )
+            results.append(
+                Result(utterance, shown, utterance.duration * fraction, False, stability)
             )
-    final = _content(
-        settings, faults, utterance.track, utterance.text, True, utterance.confidence, 0.0
-    )
-    events.append((utterance.at + utterance.duration, final))
-    return events
+    results.append(Result(utterance, words, utterance.duration, True))
+    return [
+        (utterance.at + r.heard + lag, _content(settings, faults, identity, r)) for r in results
+    ]
 
 
 def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict[str, str]:
@@ -288,7 +415,7 @@ def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict
         call_sid=identity.call_sid,
         transcription_sid=identity.transcription_sid,
         sequence_id=sequence_id,
-        timestamp=timestamp(identity.started_at + timedelta(seconds=at / identity.speed)),
+        timestamp=identity.stamp(at),
     )
 
 
@@ -305,13 +432,19 @@ def events(
     unless the transcription was started with one of its own."""
     if settings.language_code is None:
         settings = replace(settings, language_code=script.language_code)
+    problem = settings.configuration_problem()
+    if problem:
+        # The emulator's choice: the resource is created, then the session fails at once.
+        faults = replace(
+            faults, error_at=0.0, error_code=CONFIGURATION_ERROR, error_message=problem
+        )
     tracks = settings.tracks()
     happened: list[tuple[float, str, dict[str, str]]] = [(0.0, "started", _started(settings))]
     for utterance in script.utterances:
         if utterance.track in tracks:
-            for at, params in _utterance_events(utterance, settings, faults):
+            for at, params in _utterance_events(utterance, settings, faults, identity):
                 happened.append((at, "content", params))
-    end = script.length
+    end = max([script.length, *(at + 0.1 for at, _, _ in happened[1:])])
     if faults.error_at is not None:
         end = min(end, faults.error_at)
         # started is always delivered first, even for an error at 0 s.

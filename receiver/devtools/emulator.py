@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from receiver.devtools.conversation import (
+    DEFAULT_TIMESTAMP_DIGITS,
     Conversation,
     Faults,
     Identity,
@@ -30,11 +31,12 @@ from receiver.devtools.conversation import (
     timeline,
 )
 from receiver.devtools.playback import Playback
-from receiver.protocol import SID_PATTERNS, TRACK_SETTINGS
+from receiver.protocol import API_KEY_SID, SID_PATTERNS, TIMESTAMP_DIGITS, TRACK_SETTINGS
 
 ACCOUNT_SID = SID_PATTERNS["AccountSid"]
 CALL_SID = SID_PATTERNS["CallSid"]
-API_PREFIX = "/2010-04-01/Accounts/<account_sid>/Calls/<call_sid>/Transcriptions"
+CALL_PATH = "/2010-04-01/Accounts/<account_sid>/Calls/<call_sid>"
+API_PREFIX = f"{CALL_PATH}/Transcriptions"
 METHODS = ("GET", "POST")
 BOOLEAN_PARAMS = {
     "PartialResults": "partial_results",
@@ -85,6 +87,11 @@ def not_found(path: str) -> ApiError:
 
 def invalid(name: str, value: str, expected: str) -> ApiError:
     return ApiError(400, 20001, f"Invalid parameter {name} ({value!r}): {expected}")
+
+
+def call_not_in_progress(call_sid: str) -> ApiError:
+    """The emulator's choice for a call that has ended: Twilio's "Invalid call state" code."""
+    return ApiError(400, 21220, f"Invalid call state: call {call_sid} is not in progress")
 
 
 def rfc2822(moment: datetime) -> str:
@@ -146,7 +153,12 @@ class Emulator:
     faults: Faults = field(default_factory=Faults)
     speed: float = 1.0
     allow_remote: bool = False
+    timestamp_digits: int = DEFAULT_TIMESTAMP_DIGITS
+    # API keys of the account (SK… -> secret): REST credentials besides the auth token.
+    api_keys: dict[str, str] = field(default_factory=dict)
     transcriptions: dict[str, Transcription] = field(default_factory=dict)
+    # Calls hung up with Status=completed, (AccountSid, CallSid): they take no new transcription.
+    completed_calls: dict[tuple[str, str], datetime] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -154,10 +166,23 @@ class Emulator:
             raise ValueError(f"account SID {self.account_sid!r} does not match AC + 32 hex digits")
         if self.speed <= 0:
             raise ValueError(f"speed ({self.speed!r}) must be greater than 0")
+        for key in self.api_keys:
+            if not API_KEY_SID.match(key):
+                raise ValueError(f"API key {key!r} does not match SK + 32 hex digits")
+        if self.timestamp_digits not in TIMESTAMP_DIGITS:
+            raise ValueError(
+                f"timestamp digits ({self.timestamp_digits!r}) must be one of Twilio's: "
+                + ", ".join(map(str, TIMESTAMP_DIGITS))
+            )
 
     def authenticate(self, username: str | None, password: str | None) -> None:
-        if username != self.account_sid or password != self.auth_token:
-            raise ApiError(401, 20003, "Authenticate")
+        """Basic auth as Twilio takes it: the account SID and its auth token, or an API key's
+        SID and its secret."""
+        if username == self.account_sid and password == self.auth_token:
+            return
+        if username in self.api_keys and password == self.api_keys[username]:
+            return
+        raise ApiError(401, 20003, "Authenticate")
 
     def settings(self, params: Mapping[str, str]) -> TranscriptionSettings:
         """The create request's parameters, validated like Twilio's, with Twilio's defaults."""
@@ -196,6 +221,8 @@ class Emulator:
     def create(self, account_sid: str, call_sid: str, params: Mapping[str, str]) -> Transcription:
         settings = self.settings(params)
         with self._lock:
+            if (account_sid, call_sid) in self.completed_calls:
+                raise call_not_in_progress(call_sid)
             if settings.name and self._find(account_sid, call_sid, settings.name, active=True):
                 raise ApiError(
                     400,
@@ -205,7 +232,7 @@ class Emulator:
                 )
             sid = "GT" + uuid.uuid4().hex
             now = datetime.now(UTC)
-            identity = Identity(account_sid, call_sid, sid, now, self.speed)
+            identity = Identity(account_sid, call_sid, sid, now, self.speed, self.timestamp_digits)
             plan = timeline(self.script, settings, identity, self.faults)
             playback = Playback(
                 identity,
@@ -264,6 +291,36 @@ class Emulator:
         log.info("transcription %s stopped", found.sid)
         return found
 
+    def hang_up(self, account_sid: str, call_sid: str) -> dict[str, object]:
+        """``Status=completed`` on the Call resource: the call ends, its transcriptions stop
+        (each sends ``transcription-stopped``), and it takes no new ones."""
+        with self._lock:
+            if (account_sid, call_sid) in self.completed_calls:
+                raise call_not_in_progress(call_sid)
+            now = datetime.now(UTC)
+            self.completed_calls[(account_sid, call_sid)] = now
+            ending = [
+                t
+                for t in self.transcriptions.values()
+                if t.call_sid == call_sid
+                and t.account_sid == account_sid
+                and t.status == "in-progress"
+            ]
+            for transcription in ending:
+                transcription.status = "stopped"
+                transcription.date_updated = now
+        for transcription in ending:
+            transcription.playback.stop()
+        log.info("call %s completed; %d transcription(s) stopped", call_sid, len(ending))
+        return {
+            "account_sid": account_sid,
+            "sid": call_sid,
+            "status": "completed",
+            "date_updated": rfc2822(now),
+            "end_time": rfc2822(now),
+            "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
+        }
+
     def _finished(self, playback: Playback) -> None:
         with self._lock:
             found = self.transcriptions.get(playback.identity.transcription_sid)
@@ -306,7 +363,18 @@ def create_emulator_app(emulator: Emulator) -> Flask:
         authenticate()
         check_path(account_sid, call_sid)
         transcription = emulator.create(account_sid, call_sid, request.form.to_dict())
-        return jsonify(transcription.resource()), 201
+        # 200, as the current OpenAPI says (201 before February 2025); the client takes any 2xx.
+        return jsonify(transcription.resource()), 200
+
+    @app.post(f"{CALL_PATH}.json")
+    def update_call(account_sid: str, call_sid: str):
+        authenticate()
+        check_path(account_sid, call_sid)
+        status = request.form.get("Status")
+        if status != "completed":
+            # The emulator's choice: it emulates hanging up, nothing else of the Call resource.
+            raise invalid("Status", status or "", "the emulator supports only Status=completed")
+        return jsonify(emulator.hang_up(account_sid, call_sid)), 200
 
     @app.post(f"{API_PREFIX}/<sid>.json")
     def update(account_sid: str, call_sid: str, sid: str):

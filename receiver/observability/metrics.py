@@ -41,6 +41,12 @@ CALLBACK_DURATION = Histogram(
     ["outcome"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+ACCOUNT_CALLBACKS = Counter(
+    "rtt_account_callbacks",
+    "Callbacks with a valid signature, by the AccountSid that signed them and outcome (one "
+    "series per account of TWILIO_ACCOUNTS_FILE, or the one account).",
+    ["account_sid", "outcome"],
+)
 REDIS_ERRORS = Counter(
     "rtt_redis_errors",
     "Redis commands that failed, by error class (ConnectionError, TimeoutError, ...).",
@@ -57,6 +63,10 @@ def event_label(event: str | None) -> str:
 def observe_callback(event: str | None, outcome: str, reason: str, seconds: float) -> None:
     CALLBACKS.labels(event=event_label(event), outcome=outcome, reason=reason).inc()
     CALLBACK_DURATION.labels(outcome=outcome).observe(seconds)
+
+
+def count_account_callback(account_sid: str, outcome: str) -> None:
+    ACCOUNT_CALLBACKS.labels(account_sid=account_sid, outcome=outcome).inc()
 
 
 def count_redis_error(error: BaseException) -> None:

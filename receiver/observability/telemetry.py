@@ -18,6 +18,7 @@ from receiver.observability import logs, metrics
 @dataclass
 class CallbackRecord:
     started: float
+    account_sid: str | None = None  # set once the signature proved it
     event: str | None = None
     call_sid: str | None = None
     transcription_sid: str | None = None
@@ -51,7 +52,10 @@ def _report(record: CallbackRecord, status: int) -> None:
     seconds = time.perf_counter() - record.started
     outcome = record.outcome or _outcome_from_status(status)
     metrics.observe_callback(record.event, outcome, record.reason, seconds)
+    if record.account_sid:
+        metrics.count_account_callback(record.account_sid, outcome)
     logs.callback(
+        account_sid=record.account_sid,
         call_sid=record.call_sid,
         transcription_sid=record.transcription_sid,
         event=record.event,

@@ -34,13 +34,28 @@ def connect(settings: Settings) -> redis.Redis:
     )
 
 
-def open_store(settings: Settings) -> Store:
-    """The store for ``settings``: one Redis, or a Redis Cluster (``REDIS_CLUSTER=1``)."""
+def open_store(settings: Settings, client: redis.Redis | None = None, prefix: str = "") -> Store:
+    """The store for ``settings``: one Redis, or a Redis Cluster (``REDIS_CLUSTER=1``), under
+    ``prefix`` (default ``STREAM_PREFIX``), on ``client`` (default a new connection)."""
     kind = cluster.ClusterStore if settings.redis_cluster else Store
     return kind(
-        connect(settings),
-        Keys(settings.stream_prefix),
+        client or connect(settings),
+        Keys(prefix or settings.stream_prefix),
         settings.call_retention_seconds,
         settings.events_maxlen,
         settings.rejected_maxlen,
     )
+
+
+def account_stores(settings: Settings, default: Store) -> dict[str, Store]:
+    """AccountSid -> the store of its own ``stream_prefix`` (``TWILIO_ACCOUNTS_FILE``), all on
+    ``default``'s Redis client; accounts without one are absent and use ``default``."""
+    by_prefix: dict[str, Store] = {}
+    routes = {}
+    for account in settings.accounts:
+        if account.stream_prefix:
+            prefix = account.stream_prefix
+            if prefix not in by_prefix:
+                by_prefix[prefix] = open_store(settings, default.client, prefix)
+            routes[account.sid] = by_prefix[prefix]
+    return routes

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,10 +46,20 @@ class StorageUnavailable(Exception):
     """Neither Redis nor the spool could take a record: answer 503 so that Twilio retries."""
 
 
+def account_of(record: Record) -> str | None:
+    """The AccountSid a record belongs to (a dead letter's, from its signed parameters)."""
+    if isinstance(record, Rejection):
+        return (record.params.get("AccountSid") or [None])[0]
+    return record.account_sid
+
+
 @dataclass
 class DurableWriter:
     store: Store
     spool: Spool | None = None
+    # AccountSid -> the store of its own prefix (TWILIO_ACCOUNTS_FILE); others use ``store``.
+    # Chosen when a record reaches Redis, so spooled records land under their account's prefix.
+    routes: Mapping[str, Store] = field(default_factory=dict)
     wake: threading.Event = field(default_factory=threading.Event)
     # The last reason the spool refused a record, until it takes one again (for /readyz).
     spool_error: str | None = None
@@ -77,9 +88,15 @@ class DurableWriter:
         self.wake.set()
         return "spooled"
 
+    def store_for(self, record: Record) -> Store:
+        if not self.routes:
+            return self.store
+        return self.routes.get(account_of(record) or "", self.store)
+
     def _to_redis(self, record: Record) -> Written:
+        store = self.store_for(record)
         if isinstance(record, Rejection):
-            self.store.reject(
+            store.reject(
                 record.error,
                 record.params,
                 received_at=record.received_at,
@@ -87,7 +104,7 @@ class DurableWriter:
                 url=record.url,
             )
             return "stored"
-        return self.store.append(record)
+        return store.append(record)
 
     def _note_outage(self, error: redis.RedisError) -> None:
         if not self._outage:
