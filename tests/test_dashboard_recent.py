@@ -15,7 +15,7 @@ KEYS = Keys()
 
 def test_every_call_is_recent_with_its_latest_event_time(client, redis_client, call_sid):
     gt = sid("GT")
-    before = time.time() * 1000
+    before = int(time.time() * 1000)  # the score is whole milliseconds
     post(client, callback("started", call_sid, gt, 1))
     first = redis_client.zscore(KEYS.recent_calls, call_sid)
     assert first is not None and before <= first <= time.time() * 1000
