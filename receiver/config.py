@@ -31,6 +31,9 @@ class Settings:
     events_maxlen: int = 1_000_000
     rejected_maxlen: int = 100_000
     call_retention_seconds: int = 7 * 24 * 3600
+    # Older callbacks are refused: a captured one replayed after its dedup memory expired
+    # would be stored again. Never more than call_retention_seconds.
+    max_event_age_seconds: int = 24 * 3600
     max_body_bytes: int = 256 * 1024
     # Durability when Redis cannot take an event in time (see receiver/spool.py); None: no spool,
     # a Redis outage is answered 503.
@@ -145,6 +148,16 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
             f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
         )
+    retention = int_setting(env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60)
+    max_age = int_setting(env, "MAX_EVENT_AGE_SECONDS", Settings.max_event_age_seconds, 1)
+    if max_age > retention:
+        if not env.get("MAX_EVENT_AGE_SECONDS", "").strip():
+            max_age = retention  # a short retention shortens the default with it
+        else:
+            raise ConfigError(
+                f"MAX_EVENT_AGE_SECONDS={max_age} must not exceed CALL_RETENTION_SECONDS="
+                f"{retention}: an event replayed after its identity expired would be stored again"
+            )
     return Settings(
         auth_tokens=tokens,
         account_sid=account_sid,
@@ -155,9 +168,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         stream_prefix=prefix,
         events_maxlen=int_setting(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
         rejected_maxlen=int_setting(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
-        call_retention_seconds=int_setting(
-            env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
-        ),
+        call_retention_seconds=retention,
+        max_event_age_seconds=max_age,
         max_body_bytes=int_setting(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
         spool_dir=_spool_dir(env),
         spool_max_bytes=int_setting(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),

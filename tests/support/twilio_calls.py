@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
-from receiver.protocol import callback_params, content_params
+from receiver.protocol import callback_params, content_params, timestamp
 
 TOKEN = "12345"
 ACCOUNT_SID = "AC" + "0" * 32
@@ -29,13 +30,14 @@ def callback(
     sequence_id: int | None,
     **fields: str,
 ) -> dict[str, str]:
+    """One callback's parameters, its ``Timestamp`` now (the receiver refuses stale ones)."""
     return callback_params(
         event,
         account_sid=ACCOUNT_SID,
         call_sid=call_sid,
         transcription_sid=transcription_sid,
         sequence_id=sequence_id,
-        timestamp="2026-11-28T09:00:00.000000Z",
+        timestamp=timestamp(datetime.now(UTC)),
         **fields,
     )
 
