@@ -50,7 +50,7 @@ MAX_VALUE_LENGTH = 64 * 1024
 # A track label is a short name ("customer", "agent"); longer text, or text with control
 # characters, is a value that swallowed the parameters after it.
 MAX_LABEL_LENGTH = 64
-LABEL = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,%d}$" % MAX_LABEL_LENGTH)
+LABEL = re.compile(rf"^[^\x00-\x1f\x7f-\x9f]{{1,{MAX_LABEL_LENGTH}}}$")
 # Below 10^14: sorted-set scores are doubles, and Lua's cjson writes 14 significant digits.
 MAX_SEQUENCE_ID = 10**14 - 1
 

@@ -16,9 +16,9 @@ from receiver import create_app
 from receiver.config import Settings
 from receiver.events import InvalidEvent, parse
 from receiver.protocol import timestamp
+from receiver.storage import open_store
 from receiver.storage.durable import Drainer, DurableWriter
 from receiver.storage.spool import Spool
-from receiver.storage import open_store
 
 from .support.twilio_calls import (
     CALLBACK_PATH,
@@ -225,9 +225,7 @@ def test_the_spools_own_replays_are_not_refused_for_age(redis_server, redis_clie
 def test_head_with_a_get_callbacks_signature_is_405_and_stores_nothing(client, redis_client):
     params = callback("stopped", "CA" + "2" * 32, sid("GT"), 5)
     path = CALLBACK_PATH + "?" + urlencode(params)
-    response = client.head(
-        path, headers={"X-Twilio-Signature": sign(BASE + path)}, base_url=BASE
-    )
+    response = client.head(path, headers={"X-Twilio-Signature": sign(BASE + path)}, base_url=BASE)
     assert response.status_code == 405
     assert "GET" in response.headers["Allow"]
     assert redis_client.dbsize() == 0
