@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from receiver.protocol import SID_PATTERNS
+from receiver.protocol import AUTH_TOKEN_LENGTH, SID_PATTERNS
 
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 DEFAULT_SPOOL_DIR = "var/spool"
@@ -49,6 +49,17 @@ class Settings:
             f"proxy_hops={self.proxy_hops}, redis_url={redact_url(self.redis_url)!r}, "
             f"stream_prefix={self.stream_prefix!r}, spool_dir={self.spool_dir!r})"
         )
+
+
+def token_warnings(tokens: tuple[str, ...]) -> list[str]:
+    """Warnings for tokens that cannot be a Twilio auth token (32 characters): a placeholder
+    or a pasted SID would leave every real callback refused. The tokens are never shown."""
+    return [
+        f"auth token {n} of {len(tokens)} has {len(token)} characters, a Twilio auth token "
+        f"has {AUTH_TOKEN_LENGTH}: is TWILIO_AUTH_TOKEN (or its file) your account's token?"
+        for n, token in enumerate(tokens, 1)
+        if len(token) != AUTH_TOKEN_LENGTH
+    ]
 
 
 def redact_url(url: str | None) -> str | None:
@@ -124,6 +135,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
     """Read every setting from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
     tokens = _tokens(env)
+    token_file = env.get("TWILIO_AUTH_TOKEN_FILE", "").strip()
+    if require_token and not tokens and token_file:
+        raise ConfigError(
+            f"TWILIO_AUTH_TOKEN_FILE={token_file!r} is empty: put your account's auth token in it"
+        )
     if require_token and not tokens:
         raise ConfigError(
             "TWILIO_AUTH_TOKEN (or TWILIO_AUTH_TOKEN_FILE) is not set: the receiver cannot "

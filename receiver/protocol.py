@@ -168,4 +168,6 @@ def is_retried(status: int) -> bool:
 # -- signatures -------------------------------------------------------------------------------
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+# An account's auth token, the key of the signature: 32 hex digits.
+AUTH_TOKEN_LENGTH = 32
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"

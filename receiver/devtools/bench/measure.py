@@ -50,6 +50,7 @@ from urllib.parse import urlencode, urlsplit
 import click
 import redis
 
+from receiver.config import redact_url
 from receiver.protocol import SIGNATURE_HEADER, callback_params, content_params, timestamp
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served, ServeError, children, start
@@ -829,7 +830,7 @@ def run(options: Options, say) -> Report:
             if options.worker_class:
                 env["GUNICORN_CMD_ARGS"] = f"--worker-class {options.worker_class}"
             servers_text = "the receiver and the baseline" if options.baseline else "the receiver"
-            say(f"starting Redis ({embedded.url}) and {servers_text} under gunicorn")
+            say(f"starting Redis ({redact_url(embedded.url)}) and {servers_text} under gunicorn")
             workers = int(env.get("WEB_CONCURRENCY", "2"))
             try:
                 receiver = start(env, workdir, workers=workers)
