@@ -34,7 +34,12 @@ class Settings:
     # Older callbacks are refused: a captured one replayed after its dedup memory expired
     # would be stored again. Never more than call_retention_seconds.
     max_event_age_seconds: int = 24 * 3600
-    max_body_bytes: int = 256 * 1024
+    # Twilio's largest callback: a final result with TranscriptionProviderData's per-word
+    # entries (word, start, end, confidence, punctuated_word, speaker...) costs 270 to 310
+    # bytes a word form-encoded; one result of a 5-minute stream (Google's limit per stream)
+    # at 3.3 words a second is 1,000 words, 300 KB. 1 MiB leaves over 3x that; a 413 is
+    # never retried, so a limit too small would lose the longest utterances for good.
+    max_body_bytes: int = 1024 * 1024
     # Durability when Redis cannot take an event in time (see receiver/spool.py); None: no spool,
     # a Redis outage is answered 503.
     spool_dir: str | None = None

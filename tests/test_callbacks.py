@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from urllib.parse import urlencode
 
 import pytest
 
@@ -17,6 +18,7 @@ from .support.twilio_calls import (
     callback,
     content,
     get,
+    long_utterance,
     post,
     sid,
     sign,
@@ -443,3 +445,19 @@ def test_storage_down_is_503_so_twilio_retries(settings, call_sid):
     response = post(client, content(call_sid, sid("GT"), 1, "x"))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
+
+
+def test_the_largest_callbacks_fit_the_default_body_limit(client, redis_client, call_sid):
+    """1,000 words with per-word provider data: one result of a 5-minute stream."""
+    params = long_utterance(call_sid, sid("GT"), 2, 1000)
+    body = urlencode(params)  # the longer escaping (", {, : and , too): Twilio does not say
+    assert len(body) > 256 * 1024
+    response = client.post(
+        CALLBACK_PATH,
+        data=body,
+        content_type="application/x-www-form-urlencoded",
+        headers={"X-Twilio-Signature": sign("http://localhost" + CALLBACK_PATH, params)},
+    )
+    assert response.get_json() == {"outcome": "stored"}
+    [entry] = call_entries(redis_client, call_sid)
+    assert json.loads(json.loads(entry["extra"])["TranscriptionProviderData"])["Provider"]
