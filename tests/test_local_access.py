@@ -15,7 +15,7 @@ from receiver import create_app
 from receiver.cli import is_loopback, main
 from receiver.config import ConfigError, Settings, load_settings, token_warnings
 from receiver.server.embedded_redis import EmbeddedRedis
-from receiver.storage.spool import Spool
+from receiver.storage.spool import Spool, SpoolError
 
 from .support.twilio_calls import TOKEN, callback, sid
 
@@ -88,6 +88,13 @@ def test_a_spool_directory_others_can_read_is_tightened(tmp_path: Path):
     Spool(directory)
     assert mode(directory) == 0o700
     assert mode(directory / "spool.log") == 0o600
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="needs Linux /proc")
+def test_a_spool_directory_others_can_read_and_we_cannot_tighten_is_refused():
+    # /proc/self/fdinfo is 0555 and refuses chmod even to root: a directory not ours to fix.
+    with pytest.raises(SpoolError, match=r"SPOOL_DIR=.*readable by other users"):
+        Spool(Path("/proc/self/fdinfo"))
 
 
 # -- who picks the checked URL ------------------------------------------------------------------
