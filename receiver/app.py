@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from receiver import views
-from receiver.config import Settings, load_settings
+from receiver.config import Settings, load_settings, token_warnings
 from receiver.observability import logs, metrics, telemetry
 from receiver.storage import account_stores, open_store
 from receiver.storage.durable import DurableWriter
 from receiver.storage.spool import Spool
 from receiver.views.callback import CALLBACK_PATH
 from receiver.views.services import Receiver
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -24,6 +28,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     settings = settings or load_settings()
     logs.configure()
+    for warning in token_warnings(settings.auth_tokens):
+        log.warning(warning)
     store = open_store(settings)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, MAX_FORM_PARTS=500)

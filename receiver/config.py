@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from receiver.protocol import SID_PATTERNS
+from receiver.protocol import AUTH_TOKEN_LENGTH, SID_PATTERNS
 
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 DEFAULT_SPOOL_DIR = "var/spool"
@@ -50,7 +50,15 @@ class Settings:
     events_maxlen: int = 1_000_000
     rejected_maxlen: int = 100_000
     call_retention_seconds: int = 7 * 24 * 3600
-    max_body_bytes: int = 256 * 1024
+    # Older callbacks are refused: a captured one replayed after its dedup memory expired
+    # would be stored again. Never more than call_retention_seconds.
+    max_event_age_seconds: int = 24 * 3600
+    # Twilio's largest callback: a final result with TranscriptionProviderData's per-word
+    # entries (word, start, end, confidence, punctuated_word, speaker...) costs 270 to 310
+    # bytes a word form-encoded; one result of a 5-minute stream (Google's limit per stream)
+    # at 3.3 words a second is 1,000 words, 300 KB. 1 MiB leaves over 3x that; a 413 is
+    # never retried, so a limit too small would lose the longest utterances for good.
+    max_body_bytes: int = 1024 * 1024
     # Durability when Redis cannot take an event in time (see receiver/spool.py); None: no spool,
     # a Redis outage is answered 503.
     spool_dir: str | None = None
@@ -72,6 +80,17 @@ class Settings:
             f"proxy_hops={self.proxy_hops}, redis_url={redact_url(self.redis_url)!r}, "
             f"stream_prefix={self.stream_prefix!r}, spool_dir={self.spool_dir!r})"
         )
+
+
+def token_warnings(tokens: tuple[str, ...]) -> list[str]:
+    """Warnings for tokens that cannot be a Twilio auth token (32 characters): a placeholder
+    or a pasted SID would leave every real callback refused. The tokens are never shown."""
+    return [
+        f"auth token {n} of {len(tokens)} has {len(token)} characters, a Twilio auth token "
+        f"has {AUTH_TOKEN_LENGTH}: is TWILIO_AUTH_TOKEN (or its file) your account's token?"
+        for n, token in enumerate(tokens, 1)
+        if len(token) != AUTH_TOKEN_LENGTH
+    ]
 
 
 def redact_url(url: str | None) -> str | None:
@@ -232,6 +251,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             )
         accounts = load_accounts(accounts_file, prefix)
     tokens = _tokens(env)
+    token_file = env.get("TWILIO_AUTH_TOKEN_FILE", "").strip()
+    if require_token and not tokens and token_file:
+        raise ConfigError(
+            f"TWILIO_AUTH_TOKEN_FILE={token_file!r} is empty: put your account's auth token in it"
+        )
     if require_token and not tokens and not accounts:
         raise ConfigError(
             "TWILIO_AUTH_TOKEN (or TWILIO_AUTH_TOKEN_FILE, or TWILIO_ACCOUNTS_FILE) is not set: "
@@ -251,6 +275,16 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
             f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
         )
+    retention = int_setting(env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60)
+    max_age = int_setting(env, "MAX_EVENT_AGE_SECONDS", Settings.max_event_age_seconds, 1)
+    if max_age > retention:
+        if not env.get("MAX_EVENT_AGE_SECONDS", "").strip():
+            max_age = retention  # a short retention shortens the default with it
+        else:
+            raise ConfigError(
+                f"MAX_EVENT_AGE_SECONDS={max_age} must not exceed CALL_RETENTION_SECONDS="
+                f"{retention}: an event replayed after its identity expired would be stored again"
+            )
     return Settings(
         auth_tokens=tokens,
         account_sid=account_sid,
@@ -261,9 +295,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         stream_prefix=prefix,
         events_maxlen=int_setting(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
         rejected_maxlen=int_setting(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
-        call_retention_seconds=int_setting(
-            env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
-        ),
+        call_retention_seconds=retention,
+        max_event_age_seconds=max_age,
         max_body_bytes=int_setting(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
         spool_dir=_spool_dir(env),
         spool_max_bytes=int_setting(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),

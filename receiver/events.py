@@ -7,14 +7,23 @@ stored rather than lost; an unknown ``TranscriptionEvent`` is kept under its own
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from receiver.protocol import COMMON_PARAMS, CONTENT_PARAMS, EVENTS, SID_PATTERNS
+from receiver.protocol import (
+    BOOLEANS,
+    COMMON_PARAMS,
+    CONTENT_PARAMS,
+    EVENTS,
+    LANGUAGE_CODE,
+    SID_PATTERNS,
+    TRACK_SETTINGS,
+    parse_timestamp,
+)
 
 # Short names of the tracks, from Twilio's Track values (the short ones are accepted too).
 TRACK_NAMES = {
@@ -38,8 +47,16 @@ STARTED_FIELDS = {
 ERROR_FIELDS = {"TranscriptionErrorCode": "error_code", "TranscriptionError": "error_message"}
 
 MAX_VALUE_LENGTH = 64 * 1024
+# A track label is a short name ("customer", "agent"); longer text, or text with control
+# characters, is a value that swallowed the parameters after it.
+MAX_LABEL_LENGTH = 64
+LABEL = re.compile(rf"^[^\x00-\x1f\x7f-\x9f]{{1,{MAX_LABEL_LENGTH}}}$")
 # Below 10^14: sorted-set scores are doubles, and Lua's cjson writes 14 significant digits.
 MAX_SEQUENCE_ID = 10**14 - 1
+
+
+# How far ahead of this host's clock a Timestamp may be: clocks drift, but not by minutes.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
 
 
 class InvalidEvent(ValueError):
@@ -51,6 +68,15 @@ class InvalidEvent(ValueError):
         self.reason = reason
         shown = "missing" if value is None else repr(value[:80])
         super().__init__(f"{field} ({shown}): {reason}")
+
+
+class StaleEvent(InvalidEvent):
+    """A well-formed event whose ``Timestamp`` is out of the accepted window: a replay, or a
+    clock that is wrong. ``kind`` is ``too_old`` or ``future``, as /metrics counts them."""
+
+    def __init__(self, value: str, reason: str, kind: str) -> None:
+        super().__init__("Timestamp", value, reason)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -99,8 +125,6 @@ def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = params.get(name)
     if not values:
         return None
-    if len(values) > 1 and len(set(values)) > 1:
-        raise InvalidEvent(name, values[0], "sent more than once with different values")
     value = values[0]
     if len(value) > MAX_VALUE_LENGTH:
         raise InvalidEvent(name, value, f"longer than {MAX_VALUE_LENGTH} characters")
@@ -117,10 +141,12 @@ def _sid(params: Mapping[str, Sequence[str]], name: str) -> str:
     return value
 
 
-def _sequence_id(params: Mapping[str, Sequence[str]]) -> int | None:
+def _sequence_id(params: Mapping[str, Sequence[str]]) -> int:
     raw = _one(params, "SequenceId")
     if raw is None or raw == "":
-        return None
+        # The event's identity: without it, a folded copy of a signed callback (see
+        # receiver/protocol.py) would be a new event.
+        raise InvalidEvent("SequenceId", None, "required on every transcription callback")
     if not raw.isascii() or not raw.isdigit():
         raise InvalidEvent("SequenceId", raw, "must be a non-negative integer")
     if len(raw) > 16 or int(raw) > MAX_SEQUENCE_ID:
@@ -145,12 +171,37 @@ def _number(name: str, raw: object) -> str | None:
 def _boolean(name: str, raw: str | None, default: bool) -> bool:
     if raw is None or raw == "":
         return default
-    lowered = raw.strip().lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
-    raise InvalidEvent(name, raw, "must be 'true' or 'false'")
+    if raw not in BOOLEANS:
+        raise InvalidEvent(name, raw, "must be 'true' or 'false'")
+    return raw == BOOLEANS[0]
+
+
+def _language_code(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not LANGUAGE_CODE.match(raw):
+        raise InvalidEvent("LanguageCode", raw, "must be a BCP-47 language tag such as en-US")
+    return raw
+
+
+def _timestamp(raw: str | None) -> str:
+    if raw is None or raw == "":
+        raise InvalidEvent("Timestamp", None, "required on every transcription callback")
+    try:
+        parse_timestamp(raw)
+    except ValueError:
+        raise InvalidEvent("Timestamp", raw, "must be an ISO 8601 time") from None
+    return raw
+
+
+def _label(name: str, raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not LABEL.match(raw):
+        raise InvalidEvent(
+            name, raw, f"a track label has 1 to {MAX_LABEL_LENGTH} characters, no control ones"
+        )
+    return raw
 
 
 def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, object]]:
@@ -175,13 +226,9 @@ def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, obj
     return transcript, confidence, rest
 
 
-def _dedup_key(transcription_sid: str, sequence_id: int | None, params: Mapping) -> str:
-    """The event's identity: (TranscriptionSid, SequenceId), or a digest of all its parameters
-    when Twilio sent no SequenceId, so that an exact repeat is still recognized."""
-    if sequence_id is not None:
-        return f"{transcription_sid}:{sequence_id}"
-    canonical = json.dumps(sorted((k, sorted(v)) for k, v in params.items()))
-    return f"{transcription_sid}:h:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+def _dedup_key(transcription_sid: str, sequence_id: int) -> str:
+    """The event's identity, Twilio's own: (TranscriptionSid, SequenceId)."""
+    return f"{transcription_sid}:{sequence_id}"
 
 
 def _track(raw: str | None) -> tuple[str | None, str | None, bool]:
@@ -190,7 +237,22 @@ def _track(raw: str | None) -> tuple[str | None, str | None, bool]:
         return None, None, False
     if raw in TRACK_NAMES:
         return TRACK_NAMES[raw], None, False
-    return None, raw, True
+    return None, _label("Track", raw), True
+
+
+def _track_setting(raw: str | None) -> str | None:
+    """``Track`` on ``transcription-started``: one of Twilio's settings, or a label."""
+    if raw is None or raw == "" or raw in TRACK_SETTINGS:
+        return raw or None
+    return _label("Track", raw)
+
+
+def _refuse_repeats(params: Mapping[str, Sequence[str]]) -> None:
+    """Twilio sends each parameter once, and its signature collapses repeated values: a name
+    sent twice is a signed callback with copies appended, never Twilio's."""
+    for name, values in params.items():
+        if len(values) > 1:
+            raise InvalidEvent(name, values[0], f"sent {len(values)} times; Twilio sends it once")
 
 
 def parse(
@@ -200,6 +262,7 @@ def parse(
     url_labels: TrackLabels = TrackLabels(),
 ) -> Event:
     """Normalize the parameters of one signed callback (name -> list of values)."""
+    _refuse_repeats(params)
     raw_event = _one(params, "TranscriptionEvent")
     if not raw_event:
         raise InvalidEvent("TranscriptionEvent", None, "required on every transcription callback")
@@ -208,6 +271,7 @@ def parse(
     call_sid = _sid(params, "CallSid")
     transcription_sid = _sid(params, "TranscriptionSid")
     sequence_id = _sequence_id(params)
+    timestamp = _timestamp(_one(params, "Timestamp"))
     consumed: set[str] = set(COMMON_PARAMS)
     fields: dict[str, object] = {}
     extra: dict[str, str | list[str]] = {}
@@ -226,23 +290,30 @@ def parse(
             transcript=transcript,
             confidence=confidence,
             stability=_number("Stability", _one(params, "Stability")),
-            language_code=_one(params, "LanguageCode"),
+            language_code=_language_code(_one(params, "LanguageCode")),
         )
     elif event == "started":
         consumed.update(STARTED_FIELDS)
+        raw = {theirs: _one(params, theirs) for theirs in STARTED_FIELDS}
+        raw["Track"] = _track_setting(raw["Track"])
+        raw["LanguageCode"] = _language_code(raw["LanguageCode"])
+        _boolean("PartialResults", raw["PartialResults"], default=False)  # its form only
+        for name in ("InboundTrackLabel", "OutboundTrackLabel"):
+            raw[name] = _label(name, raw[name])
         fields["settings"] = {
-            ours: value
-            for theirs, ours in STARTED_FIELDS.items()
-            if (value := _one(params, theirs)) is not None
+            STARTED_FIELDS[theirs]: value for theirs, value in raw.items() if value is not None
         }
     elif event == "error":
         consumed.update(ERROR_FIELDS)
-        fields["error_code"] = _one(params, "TranscriptionErrorCode")
+        code = _one(params, "TranscriptionErrorCode")
+        if code and not (code.isascii() and code.isdigit() and len(code) <= 10):
+            raise InvalidEvent("TranscriptionErrorCode", code, "must be a Twilio error code")
+        fields["error_code"] = code
         fields["error_message"] = _one(params, "TranscriptionError")
 
     for name, values in params.items():
         if name not in consumed:
-            extra[name] = values[0] if len(values) == 1 else list(values)
+            extra[name] = values[0]
 
     return Event(
         event=event,
@@ -250,10 +321,34 @@ def parse(
         call_sid=call_sid,
         transcription_sid=transcription_sid,
         sequence_id=sequence_id,
-        timestamp=_one(params, "Timestamp") or None,
+        timestamp=timestamp,
         received_at=received_at,
         extra=extra,
         url_labels=url_labels,
-        dedup_key=_dedup_key(transcription_sid, sequence_id, params),
+        dedup_key=_dedup_key(transcription_sid, sequence_id),
         **fields,  # type: ignore[arg-type]
     )
+
+
+def check_age(event: Event, now: datetime, max_age_seconds: int) -> None:
+    """Refuse an event older than ``max_age_seconds`` or more than 5 minutes in the future.
+
+    Exactly-once holds only while an event's identity is remembered (CALL_RETENTION_SECONDS):
+    a captured callback replayed later would be stored again, so the door refuses it first.
+    Only callbacks arriving at the door are checked, never the spool's own replays."""
+    assert event.timestamp is not None  # parse() requires it
+    age = now - parse_timestamp(event.timestamp)
+    if age > timedelta(seconds=max_age_seconds):
+        raise StaleEvent(
+            event.timestamp,
+            f"older than MAX_EVENT_AGE_SECONDS={max_age_seconds} ({int(age.total_seconds())} s):"
+            " refused as a replay (if a clock is wrong, fix it)",
+            "too_old",
+        )
+    if -age > MAX_CLOCK_AHEAD:
+        raise StaleEvent(
+            event.timestamp,
+            f"{int(-age.total_seconds())} s ahead of this receiver's clock (at most "
+            f"{int(MAX_CLOCK_AHEAD.total_seconds())} s): a clock is wrong",
+            "future",
+        )

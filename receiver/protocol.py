@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 # -- identifiers ------------------------------------------------------------------------------
 
@@ -109,6 +109,37 @@ def timestamp(at: datetime, digits: int = 6) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + fraction + "Z"
 
 
+# The forms of the documented values. Twilio signs names and values concatenated without a
+# separator, so a value that swallowed the next name ("en-USSequenceId7") verifies too: every
+# documented parameter is held to its form, and a folded value cannot pass.
+BOOLEANS = ("true", "false")
+# BCP-47: a 2-3 letter language, then subtags of 1-8 letters or digits (en-US, cmn-Hans-CN).
+LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
+# ISO 8601 in UTC or with an offset; Twilio sends 3, 6 or 9 fractional digits and Z.
+TIMESTAMP = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Twilio's ``Timestamp`` as an aware datetime; ValueError when it is not ISO 8601.
+
+    By hand rather than ``strptime``/``fromisoformat``: Twilio's 9 fractional digits are more
+    than either reads on Python 3.11."""
+    match = TIMESTAMP.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not an ISO 8601 time such as 2026-01-23T21:47:44.614Z")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
+    at = datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, UTC
+    )
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        at -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    return at
+
+
 def callback_params(
     event: str,
     *,
@@ -170,4 +201,6 @@ def is_retried(status: int) -> bool:
 # -- signatures -------------------------------------------------------------------------------
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+# An account's auth token, the key of the signature: 32 hex digits.
+AUTH_TOKEN_LENGTH = 32
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"

@@ -12,6 +12,7 @@ the common path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -27,6 +28,9 @@ from twilio.request_validator import (
 
 # Base64 of a SHA-256 digest is 44 characters; anything much longer is not a signature.
 MAX_SIGNATURE_LENGTH = 128
+# What a signature looks like (base64 of a SHA-1 or SHA-256 digest): checked before the body is
+# even read, so a request that cannot be signed costs nothing.
+SIGNATURE_FORM = re.compile(rf"^[A-Za-z0-9+/]{{20,{MAX_SIGNATURE_LENGTH - 2}}}={{0,2}}$")
 
 
 Params = Mapping[str, Sequence[str]]
@@ -42,6 +46,11 @@ class _MultiParams(dict):
 @lru_cache(maxsize=16)
 def _validator(token: str) -> RequestValidator:
     return RequestValidator(token)
+
+
+def well_formed(signature: str) -> bool:
+    """Whether ``signature`` can be a signature at all (no HMAC computed)."""
+    return bool(SIGNATURE_FORM.match(signature))
 
 
 def url_variants(url: str) -> Iterator[str]:

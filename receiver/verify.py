@@ -19,7 +19,12 @@ from receiver.protocol import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 # Optional labels on the callback URL's query string (the signature covers them).
 LABEL_PARAMS = ("inbound_label", "outbound_label")
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Twilio sends its callbacks form-encoded, never multipart.
+FORM_TYPE = "application/x-www-form-urlencoded"
+# Twilio's largest callback, transcription-started, has 15 parameters; Twilio may add more,
+# but a hundred is not a callback. Refused before any HMAC is computed.
+MAX_PARAMS = 100
+FORWARDED_SCHEMES = ("http", "https")
 
 
 class Refused(HTTPException):
@@ -47,28 +52,6 @@ def signed_url(req: Request, settings: Settings) -> str:
     return f"{base}{path}?{query}" if query else f"{base}{path}"
 
 
-def _form_params(req: Request) -> dict[str, list[str]]:
-    if req.method != "POST":
-        return {}
-    if req.content_length and req.mimetype not in FORM_TYPES:
-        raise Refused(415, f"callbacks are form-encoded; got Content-Type {req.mimetype!r}")
-    try:
-        if req.mimetype == FORM_TYPES[0]:
-            # What werkzeug's form parser does for this type, at a third of its cost (profiled).
-            try:
-                body = req.get_data().decode()
-            except ValueError:
-                return {}
-            return parse_qs(body, keep_blank_values=True, errors="werkzeug.url_quote")
-        return req.form.to_dict(flat=False)
-    except HTTPException:
-        raise  # 413: too large, too many parts
-    except Exception as error:
-        # The WSGI server's input stream failed: gunicorn raises its own ParseException for a
-        # malformed chunked body, OSError for a client gone mid-body. A 400, not a 500.
-        raise Refused(400, f"malformed request body ({type(error).__name__})") from None
-
-
 def _candidate_tokens(account: str | None, settings: Settings) -> tuple[str, ...]:
     """The tokens that may have signed a callback claiming ``account``.
 
@@ -83,14 +66,62 @@ def _candidate_tokens(account: str | None, settings: Settings) -> tuple[str, ...
     return found.auth_tokens
 
 
-def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
-    """The callback's signed parameters, or a 403 when the signature does not hold."""
-    form = _form_params(req)
-    url = signed_url(req, settings)
+def _signature(req: Request) -> str:
+    """The signature header, refused when absent or malformed: before the body is read."""
     header = req.headers.get(SIGNATURE_HEADER)
     if header is None:
         note(outcome="signature_failure")
         raise Refused(403, f"missing {SIGNATURE_HEADER} header")
+    if not signature.well_formed(header):
+        note(outcome="signature_failure")
+        raise Refused(403, f"{SIGNATURE_HEADER} is not a base64 signature")
+    return header
+
+
+def _count_params(raw: bytes, where: str) -> None:
+    if raw.count(b"&") + 1 > MAX_PARAMS:
+        raise Refused(400, f"more than {MAX_PARAMS} parameters in the {where}")
+
+
+def _form_params(req: Request) -> dict[str, list[str]]:
+    if req.method != "POST":
+        return {}
+    if not req.content_length and not req.headers.get("Transfer-Encoding"):
+        raise Refused(400, "a callback POST carries its parameters in a form body; it has none")
+    if req.mimetype != FORM_TYPE:
+        raise Refused(415, f"callbacks are {FORM_TYPE}; got Content-Type {req.mimetype!r}")
+    try:
+        body = req.get_data()
+    except HTTPException:
+        raise  # 413: larger than MAX_BODY_BYTES
+    except Exception as error:
+        # The WSGI server's input stream failed: gunicorn raises its own ParseException for a
+        # malformed chunked body, OSError for a client gone mid-body. A 400, not a 500.
+        raise Refused(400, f"malformed request body ({type(error).__name__})") from None
+    _count_params(body, "form body")
+    try:
+        text = body.decode()
+    except ValueError:
+        raise Refused(400, "the form body is not UTF-8") from None
+    # What werkzeug's form parser does for this type, at a third of its cost (profiled).
+    form = parse_qs(text, keep_blank_values=True, errors="werkzeug.url_quote")
+    if not form:
+        raise Refused(400, "a callback POST carries its parameters in a form body; it has none")
+    return form
+
+
+def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
+    """The callback's signed parameters, or a 4xx saying why not.
+
+    The cheap checks come first (the header's form, the content type, the number of
+    parameters), so a request that cannot be Twilio's costs no body parsing and no HMAC."""
+    header = _signature(req)
+    if settings.proxy_hops and req.scheme not in FORWARDED_SCHEMES:
+        raise Refused(400, f"forwarded scheme {req.scheme[:20]!r} is not http or https")
+    if req.method != "POST":
+        _count_params(req.query_string, "query string")
+    form = _form_params(req)
+    url = signed_url(req, settings)
     if req.method == "POST":
         params = form
     else:
@@ -106,7 +137,14 @@ def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
         req.headers.get(SIGNATURE_SETTINGS_HEADER),
     ):
         note(outcome="signature_failure")
-        raise Refused(403, f"invalid {SIGNATURE_HEADER} for {url}")
+        # The URL is not echoed: a GET callback's URL carries the transcript.
+        raise Refused(
+            403,
+            f"invalid {SIGNATURE_HEADER} (is PUBLIC_BASE_URL or PROXY_HOPS set so that the "
+            "URL checked is the one Twilio called?)",
+        )
+    if not params:
+        raise Refused(400, "a callback GET carries its parameters in the query string")
     if settings.account_sid and account != settings.account_sid:
         note(outcome="wrong_account")
         raise Refused(403, f"AccountSid {account!r} is not this receiver's account")

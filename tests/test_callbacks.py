@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from urllib.parse import urlencode
 
 import pytest
 
@@ -17,6 +18,7 @@ from .support.twilio_calls import (
     callback,
     content,
     get,
+    long_utterance,
     post,
     sid,
     sign,
@@ -80,7 +82,7 @@ def test_every_event_type_is_stored(client, redis_client, call_sid, send):
         "call_sid": call_sid,
         "transcription_sid": gt,
         "sequence_id": "3",
-        "timestamp": "2026-11-28T09:00:00.000000Z",
+        "timestamp": events[2]["Timestamp"],
         "received_at": final["received_at"],
         "final": "true",
         "transcript": "hello there friend",
@@ -143,22 +145,22 @@ def test_concurrent_duplicates_land_once(app, redis_client, call_sid):
     assert len(call_entries(redis_client, call_sid)) == 1
 
 
-def test_event_without_sequence_id_is_deduplicated_by_content(client, redis_client, call_sid):
-    gt = sid("GT")
-    params = callback("stopped", call_sid, gt, None)
-    assert post(client, params).get_json() == {"outcome": "stored"}
-    assert post(client, params).get_json() == {"outcome": "duplicate"}
-    other = dict(params, Timestamp="2026-11-28T09:00:01.000000Z")
-    assert post(client, other).get_json() == {"outcome": "stored"}
-    assert "sequence_id" not in call_entries(redis_client, call_sid)[0]
+def test_event_without_sequence_id_is_a_dead_letter(client, redis_client, call_sid):
+    params = callback("stopped", call_sid, sid("GT"), None)
+    response = post(client, params)
+    assert response.status_code == 400
+    assert "SequenceId" in response.get_json()["error"]
+    [(_id, rejected)] = redis_client.xrange("rtt:rejected")
+    assert rejected["field"] == "SequenceId"
+    assert not redis_client.exists("rtt:events")
 
 
 def test_parameters_not_sent_are_absent_not_empty(client, redis_client, call_sid):
-    params = callback("stopped", call_sid, sid("GT"), 4)
-    del params["Timestamp"]
+    params = content(call_sid, sid("GT"), 4, "hi")
+    del params["LanguageCode"]
     assert post(client, params).status_code == 200
     entry = call_entries(redis_client, call_sid)[0]
-    assert "timestamp" not in entry
+    assert "language_code" not in entry
     assert "" not in entry.values()
 
 
@@ -422,7 +424,7 @@ class TestBadInput:
 
     def test_json_body_is_415(self, client, redis_client):
         response = client.post(
-            CALLBACK_PATH, json={"CallSid": "x"}, headers={"X-Twilio-Signature": "abc"}
+            CALLBACK_PATH, json={"CallSid": "x"}, headers={"X-Twilio-Signature": "A" * 27 + "="}
         )
         assert response.status_code == 415
 
@@ -443,3 +445,19 @@ def test_storage_down_is_503_so_twilio_retries(settings, call_sid):
     response = post(client, content(call_sid, sid("GT"), 1, "x"))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
+
+
+def test_the_largest_callbacks_fit_the_default_body_limit(client, redis_client, call_sid):
+    """1,000 words with per-word provider data: one result of a 5-minute stream."""
+    params = long_utterance(call_sid, sid("GT"), 2, 1000)
+    body = urlencode(params)  # the longer escaping (", {, : and , too): Twilio does not say
+    assert len(body) > 256 * 1024
+    response = client.post(
+        CALLBACK_PATH,
+        data=body,
+        content_type="application/x-www-form-urlencoded",
+        headers={"X-Twilio-Signature": sign("http://localhost" + CALLBACK_PATH, params)},
+    )
+    assert response.get_json() == {"outcome": "stored"}
+    [entry] = call_entries(redis_client, call_sid)
+    assert json.loads(json.loads(entry["extra"])["TranscriptionProviderData"])["Provider"]

@@ -43,7 +43,8 @@ def test_demo_plays_one_call_and_cleans_up():
         raise AssertionError("the receiver still answers after the demo")
     except requests.ConnectionError:
         pass
-    redis_port = int(re.search(r"Embedded Redis\s+redis://127\.0\.0\.1:(\d+)", out).group(1))
+    shown = re.search(r"Embedded Redis\s+redis://:\*\*\*@127\.0\.0\.1:(\d+)", out)
+    redis_port = int(shown.group(1))  # the password is never printed
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "Redis still runs after the demo"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-import redis
 import requests
 
 from receiver.server.embedded_redis import EmbeddedRedis
@@ -27,7 +26,7 @@ ACL_RULES = ["on", f">{ACL_PASSWORD}", "resetkeys", "~rtt:*", "-@all", "+@read",
 
 def add_acl_user(server: EmbeddedRedis) -> None:
     """``ACL SETUSER`` on the test server: the user the receiver logs in as."""
-    redis.Redis(port=server.port).execute_command("ACL", "SETUSER", ACL_USER, *ACL_RULES)
+    server.client().execute_command("ACL", "SETUSER", ACL_USER, *ACL_RULES)
 
 
 def acl_redis(data_dir) -> EmbeddedRedis:
@@ -56,7 +55,7 @@ def test_an_acl_user_with_a_password(start_receiver, tmp_path, call_sid):
         assert send(receiver.url, content(call_sid, sid("GT"), 1, "hi")).json() == {
             "outcome": "stored"
         }
-        admin = redis.Redis(port=server.port, decode_responses=True)
+        admin = server.client(decode_responses=True)
         assert admin.xlen(f"rtt:call:{{{call_sid}}}") == 1
         assert admin.acl_getuser(ACL_USER)["enabled"]
     finally:
@@ -91,7 +90,7 @@ def test_rediss_with_a_verified_certificate_and_an_acl_user(start_receiver, tmp_
         assert send(receiver.url, content(call_sid, sid("GT"), 1, "over tls")).json() == {
             "outcome": "stored"
         }
-        admin = redis.Redis(port=server.port, decode_responses=True)
+        admin = server.client(decode_responses=True)
         assert admin.xlen(f"rtt:call:{{{call_sid}}}") == 1
         # The same server without its CA: the certificate is verified, so nothing is stored.
         untrusted = start_receiver(

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import redis
 import requests
 
 from receiver.server.embedded_redis import free_port
@@ -47,7 +48,12 @@ def test_serve_with_embedded_redis(tmp_path):
         while len(lines) < 3:
             lines.append(process.stdout.readline())
         output = "".join(lines)
-        assert re.search(r"Embedded Redis: redis://127\.0\.0\.1:\d+/0", output)
+        redis_port = re.search(r"Embedded Redis: redis://:\*\*\*@127\.0\.0\.1:(\d+)/0", output)
+        assert redis_port, output
+        password = (tmp_path / "data" / "auth.conf").read_text().split()[1]
+        assert password not in output
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(redis_port.group(1))).ping()
         callback_url = f"http://127.0.0.1:{port}/transcriptions/callback"
         assert f"Callback URL for Twilio (StatusCallbackUrl): {callback_url}" in output
         deadline = time.monotonic() + 20
@@ -71,6 +77,7 @@ def test_serve_with_embedded_redis(tmp_path):
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
     assert "Embedded Redis stopped." in rest
+    assert password not in rest
     assert (tmp_path / "data" / "appendonlydir").is_dir()
 
 

@@ -78,7 +78,10 @@ def test_plain_output_when_not_a_terminal(client, redis_server, call_sid):
     assert lines[1].endswith("customer    hello I need help")
     assert lines[2].endswith("agent       sure what is wrong")
     assert "transcription stopped" in lines[3]
-    assert lines[1].startswith(f"09:00:00  CA…{call_sid[-6:]}")
+    stamp = redis.Redis.from_url(redis_server.url, decode_responses=True).xrange(
+        f"rtt:call:{{{call_sid}}}"
+    )[1][1]["timestamp"]
+    assert lines[1].startswith(f"{stamp[11:19]}  CA…{call_sid[-6:]}")  # Twilio's time, UTC
 
 
 def test_error_events_are_visible(client, redis_server, call_sid):

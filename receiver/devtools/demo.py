@@ -17,6 +17,7 @@ import click
 import redis
 from twilio.rest import Client
 
+from receiver.config import redact_url
 from receiver.devtools.conversation import Faults
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
 from receiver.devtools.playback import SentCallback
@@ -111,7 +112,7 @@ def demo(speed: float, finals_only: bool, with_dashboard: bool) -> None:
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
         ok, interrupted = False, False
         try:
-            click.echo(f"1/4 Embedded Redis     {server.url}")
+            click.echo(f"1/4 Embedded Redis     {redact_url(server.url)}")
             receiver = start_receiver(server.url, token, workdir)
             receiver_url = receiver.url
             click.echo(f"2/4 Receiver           {receiver_url}{CALLBACK_PATH} (gunicorn)")

@@ -5,12 +5,17 @@ anything for the real consumers. On a terminal, partial results are drawn in a l
 bottom and rewritten in place until their final arrives, which is then printed for good above
 it; elsewhere (a pipe, a file) only lines that will not change are printed, without colours.
 ``--json`` prints one normalized event (the stream entry) per line, for ``jq``.
+
+Every stored value is caller-controlled text: C0 and C1 control characters are shown as
+visible escapes (``\x1b``), so a transcript cannot set the window title, write the clipboard,
+clear the screen or hide a link (``--json`` escapes them as JSON does).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +36,13 @@ TRACK_STYLES = {"inbound": "cyan", "outbound": "magenta"}
 LABEL_WIDTH = 10
 
 Entry = tuple[str, dict[str, str]]
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every C0/C1 control character replaced by its escape, e.g. ``\x1b``."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def stream_key(keys: Keys, call_sid: str | None) -> str:
@@ -200,6 +212,7 @@ class Renderer:
     stopped: set[str] = field(default_factory=set)
 
     def show(self, fields: dict[str, str]) -> None:
+        fields = {name: visible(value) for name, value in fields.items()}
         key = (fields.get("transcription_sid", ""), fields.get("track", ""))
         seq = sequence(fields)
         if fields.get("event") == "content":

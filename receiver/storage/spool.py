@@ -138,7 +138,7 @@ def decode(line: bytes) -> Record:
 
 @contextmanager
 def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _private(path, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -148,6 +148,13 @@ def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _private(path: Path, flags: int) -> int:
+    """A descriptor of ``path``, created 0600: its records are transcripts."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # one made by an older release, or under another umask
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:
@@ -168,12 +175,31 @@ class Spool:
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._keep_private()
         self.log_path = self.directory / "spool.log"
         self.lock_path = self.directory / "spool.lock"
         self.drain_lock_path = self.directory / "drain.lock"
         self.cursor_path = self.directory / "cursor"
         self.unreadable_path = self.directory / "spool.unreadable"
         self._depth_cache: tuple[tuple[int, ...], int] | None = None
+
+    def _keep_private(self) -> None:
+        """Tighten a directory others can enter (a Dockerfile's ``mkdir`` makes it 0755), or
+        refuse it when it is not ours to tighten: other local users must not read spooled
+        transcripts."""
+        mode = self.directory.stat().st_mode & 0o777
+        if mode & 0o077:
+            try:
+                self.directory.chmod(mode & 0o700)
+            except OSError as error:
+                raise SpoolError(
+                    f"SPOOL_DIR={str(self.directory)!r} is readable by other users "
+                    f"({mode:04o}) and cannot be tightened ({error.strerror}): chmod 700 it"
+                ) from None
+        for name in ("spool.log", "spool.lock", "drain.lock", "cursor", "spool.unreadable"):
+            path = self.directory / name
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
 
     # -- writers ---------------------------------------------------------------------------
 
@@ -201,7 +227,7 @@ class Spool:
         """Put a fresh, empty spool.log with a new generation in place (caller holds the lock)."""
         generation = uuid.uuid4().hex
         temporary = self.directory / "spool.log.new"
-        with temporary.open("wb") as out:
+        with os.fdopen(_private(temporary, os.O_WRONLY | os.O_TRUNC), "wb") as out:
             out.write(f"{HEADER_PREFIX}{generation}\n".encode())
             out.flush()
             os.fsync(out.fileno())
@@ -289,7 +315,7 @@ class Spool:
 
     def quarantine(self, entry: Entry) -> None:
         """Keep a record that cannot be replayed, for a person to look at."""
-        with self.unreadable_path.open("ab") as out:
+        with os.fdopen(_private(self.unreadable_path, os.O_WRONLY | os.O_APPEND), "ab") as out:
             out.write(entry.raw + b"\n")
             out.flush()
             os.fsync(out.fileno())
@@ -297,7 +323,7 @@ class Spool:
     def confirm(self, generation: str, end: int) -> None:
         """Records before ``end`` are in Redis: never replay them again."""
         temporary = self.directory / "cursor.new"
-        with temporary.open("w") as out:
+        with os.fdopen(_private(temporary, os.O_WRONLY | os.O_TRUNC), "w") as out:
             out.write(f"{generation} {end}\n")
             out.flush()
             os.fsync(out.fileno())

@@ -8,15 +8,18 @@ means "retry" (Twilio retries 5xx).
 from __future__ import annotations
 
 import json
+import logging
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, request
 
-from receiver.events import InvalidEvent, now_iso, parse
+from receiver.events import InvalidEvent, StaleEvent, check_age, now_iso, parse
 from receiver.observability.telemetry import note
 from receiver.storage.spool import Rejection
 from receiver.verify import Refused, signed_url, url_labels, verify
 from receiver.views.services import current
 
+log = logging.getLogger(__name__)
 bp = Blueprint("callback", __name__)
 
 CALLBACK_PATH = "/transcriptions/callback"
@@ -44,10 +47,22 @@ def _start_background() -> None:
 @bp.route(CALLBACK_PATH, methods=["GET", "POST"], provide_automatic_options=False)
 def callback() -> Response:
     receiver, req = current(), request._get_current_object()  # one proxy lookup, not dozens
+    if req.method == "HEAD":
+        # Flask answers HEAD with the GET view; a HEAD carrying a GET callback's signature
+        # would store the event. Twilio never sends one.
+        raise Refused(405, "callbacks are GET or POST", Allow="GET, POST")
     params = verify(req, receiver.settings)
     received_at = now_iso()
     try:
         event = parse(params, received_at=received_at, url_labels=url_labels(req))
+        check_age(event, datetime.now(UTC), receiver.settings.max_event_age_seconds)
+    except StaleEvent as error:
+        # Kept as a dead letter, counted and logged: a misset clock must not lose events unseen.
+        note(outcome="rejected", reason=f"timestamp_{error.kind}")
+        log.warning("callback refused, Timestamp %s", error)
+        url = signed_url(req, receiver.settings)
+        receiver.writer.write(Rejection(error, params, received_at, req.method, url))
+        raise Refused(400, str(error)) from None
     except InvalidEvent as error:
         note(outcome="rejected", reason=error.field)
         url = signed_url(req, receiver.settings)

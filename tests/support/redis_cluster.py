@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-
 from receiver.server.embedded_redis import EmbeddedRedis, free_port
 
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
@@ -24,7 +22,7 @@ class LocalCluster:
     @classmethod
     def start(cls, data_dir: Path, first_port: int = 0, timeout: float = 20) -> LocalCluster:
         """``first_port``: where the node named in ``url`` listens (default: any free port)."""
-        nodes = []
+        nodes: list[EmbeddedRedis] = []
         for n in range(len(SLOT_RANGES)):
             config = {
                 "cluster-enabled": "yes",
@@ -34,7 +32,10 @@ class LocalCluster:
                 "cluster-port": str(free_port()),
             }
             port = first_port if n == 0 else 0
-            nodes.append(EmbeddedRedis(data_dir / f"node{n}", port=port, config=config).start())
+            node = EmbeddedRedis(data_dir / f"node{n}", port=port, config=config)
+            if nodes:
+                node.password = nodes[0].password  # a cluster client logs in to every node alike
+            nodes.append(node.start())
         cluster = cls(nodes)
         try:
             cluster._form(timeout)
@@ -44,7 +45,7 @@ class LocalCluster:
         return cluster
 
     def _form(self, timeout: float) -> None:
-        clients = [redis.Redis(port=node.port, decode_responses=True) for node in self.nodes]
+        clients = [node.client(decode_responses=True) for node in self.nodes]
         for client, (first, last) in zip(clients, SLOT_RANGES, strict=True):
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         for client in clients[1:]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
-from receiver.protocol import callback_params, content_params
+from receiver.protocol import callback_params, content_params, timestamp
 
 TOKEN = "12345"
 ACCOUNT_SID = "AC" + "0" * 32
@@ -29,13 +31,14 @@ def callback(
     sequence_id: int | None,
     **fields: str,
 ) -> dict[str, str]:
+    """One callback's parameters, its ``Timestamp`` now (the receiver refuses stale ones)."""
     return callback_params(
         event,
         account_sid=ACCOUNT_SID,
         call_sid=call_sid,
         transcription_sid=transcription_sid,
         sequence_id=sequence_id,
-        timestamp="2026-11-28T09:00:00.000000Z",
+        timestamp=timestamp(datetime.now(UTC)),
         **fields,
     )
 
@@ -126,4 +129,36 @@ def get(
         path,
         headers={"X-Twilio-Signature": sign(base + path, None, token), **(headers or {})},
         base_url=base,
+    )
+
+
+def long_utterance(call_sid: str, transcription_sid: str, seq: int, words: int) -> dict[str, str]:
+    """A final result of ``words`` words with Deepgram's per-word TranscriptionProviderData:
+    the largest callbacks Twilio sends (about 310 bytes a word, form-encoded)."""
+    entries = [
+        {
+            "word": "understanding",
+            "start": round(120 + n * 0.4, 3),
+            "end": round(120.35 + n * 0.4, 3),
+            "confidence": 0.998877,
+            "punctuated_word": "Understanding,",
+            "speaker": 0,
+            "speaker_confidence": 0.87654,
+        }
+        for n in range(words)
+    ]
+    transcript = " ".join(e["punctuated_word"] for e in entries)
+    result = {"type": "Results", "is_final": True, "start": 120.0, "duration": words * 0.4}
+    result["channel"] = {"alternatives": [{"transcript": transcript, "words": entries}]}
+    provider = {
+        "ProviderData": result,
+        "ProviderConnectTime": "2026-01-23T21:47:44.614701800Z",
+        "Provider": "deepgram",
+    }
+    return content(
+        call_sid,
+        transcription_sid,
+        seq,
+        transcript,
+        TranscriptionProviderData=json.dumps(provider),
     )

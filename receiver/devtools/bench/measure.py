@@ -50,6 +50,7 @@ from urllib.parse import urlencode, urlsplit
 import click
 import redis
 
+from receiver.config import redact_url
 from receiver.protocol import SIGNATURE_HEADER, callback_params, content_params, timestamp
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served, ServeError, children, start
@@ -118,12 +119,18 @@ def _utterances(rng: random.Random) -> Iterator[tuple[str, list[str]]]:
         track = "outbound_track" if track == "inbound_track" else "inbound_track"
 
 
-def call_params(account_sid: str, call_sid: str, rng: random.Random) -> Iterator[dict[str, str]]:
+# Seconds of speech between two callbacks of one call, as their Timestamps advance.
+CALLBACK_SECONDS = 1 / SPEECH_WORDS_PER_SECOND / PARTIALS_PER_WORD
+
+
+def call_params(
+    account_sid: str, call_sid: str, rng: random.Random, start: float | None = None
+) -> Iterator[dict[str, str]]:
     """Twilio's callbacks of one live call: ``transcription-started``, then partials and finals
     on both tracks, as the form parameters Twilio sends (names and shapes of
-    docs/streams.md and Twilio's protocol)."""
+    docs/streams.md and Twilio's protocol). Timestamps advance from ``start`` (default: now)."""
     transcription_sid = "GT" + uuid.UUID(int=rng.getrandbits(128)).hex
-    clock = time.time()
+    clock = time.time() if start is None else start
     sequence = 1
 
     def common(event: str) -> dict[str, str]:
@@ -151,7 +158,7 @@ def call_params(account_sid: str, call_sid: str, rng: random.Random) -> Iterator
     for track, words in _utterances(rng):
         for n in range(1, len(words) + 1):
             sequence += 1
-            clock += 1 / SPEECH_WORDS_PER_SECOND / PARTIALS_PER_WORD
+            clock += CALLBACK_SECONDS
             final = n == len(words)
             text = " ".join(words[:n])
             if final:
@@ -194,7 +201,12 @@ def make_traffic(
     rng = random.Random(seed)
     account_sid = "AC" + uuid.UUID(int=rng.getrandbits(128)).hex
     call_sids = ["CA" + uuid.uuid4().hex for _ in range(calls)]
-    streams = [call_params(account_sid, sid, random.Random(rng.random())) for sid in call_sids]
+    # Sent faster than speech, a call's Timestamps would run ahead of the clock, and the
+    # receiver refuses those more than 5 minutes ahead: they end now instead.
+    start = time.time() - -(-count // calls) * CALLBACK_SECONDS
+    streams = [
+        call_params(account_sid, sid, random.Random(rng.random()), start) for sid in call_sids
+    ]
     out: list[Callback] = []
     while len(out) < count:
         for call_sid, stream in zip(call_sids, streams, strict=True):
@@ -829,7 +841,7 @@ def run(options: Options, say) -> Report:
             if options.worker_class:
                 env["GUNICORN_CMD_ARGS"] = f"--worker-class {options.worker_class}"
             servers_text = "the receiver and the baseline" if options.baseline else "the receiver"
-            say(f"starting Redis ({embedded.url}) and {servers_text} under gunicorn")
+            say(f"starting Redis ({redact_url(embedded.url)}) and {servers_text} under gunicorn")
             workers = int(env.get("WEB_CONCURRENCY", "2"))
             try:
                 receiver = start(env, workdir, workers=workers)
