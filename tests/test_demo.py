@@ -85,10 +85,11 @@ def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
 # it answers every callback 403, as it would behind a wrong TWILIO_AUTH_TOKEN.
 REFUSING_RECEIVER = """
 import sys
+from receiver.cli.demo import demo as command
 from receiver.devtools import demo
 original = demo.start_receiver
 demo.start_receiver = lambda url, token, workdir: original(url, "not-" + token, workdir)
-demo.demo(sys.argv[1:])
+command(sys.argv[1:])
 """
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from receiver.cli.options import api_key_options
 from receiver.devtools.conversation import (
     DEFAULT_ERROR_CODE,
     DEFAULT_TIMESTAMP_DIGITS,
@@ -174,12 +175,7 @@ def _emulator(**kwargs: Any) -> Emulator:
     "--allow-remote", is_flag=True, help="Also send callbacks to hosts other than loopback."
 )
 @account_options
-@click.option(
-    "--api-key",
-    envvar="TWILIO_API_KEY",
-    help="Also accept this API key SID (SK…) as a REST credential [env: TWILIO_API_KEY].",
-)
-@click.option("--api-secret", envvar="TWILIO_API_SECRET", help="[env: TWILIO_API_SECRET]")
+@api_key_options("Also accept this API key SID (SK…) as a REST credential [env: TWILIO_API_KEY].")
 @playback_options
 def emulate(
     host,

@@ -19,6 +19,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Start, Stop, VoiceResponse
 
+from receiver.cli.options import api_key_options, json_option
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 from receiver.protocol import API_KEY_SID, SID_PATTERNS, TRACK_SETTINGS
 from receiver.views.callback import CALLBACK_PATH
@@ -160,15 +161,8 @@ def twilio_error(error: Exception, base_url: str) -> click.ClickException:
 
 
 def account_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = click.option(
-        "--api-secret",
-        envvar="TWILIO_API_SECRET",
-        help="The API key's secret [env: TWILIO_API_SECRET].",
-    )(command)
-    command = click.option(
-        "--api-key",
-        envvar="TWILIO_API_KEY",
-        help="An API key SID (SK…), used instead of the auth token [env: TWILIO_API_KEY].",
+    command = api_key_options(
+        "An API key SID (SK…), used instead of the auth token [env: TWILIO_API_KEY]."
     )(command)
     command = click.option(
         "--api-base-url",
@@ -199,7 +193,7 @@ def transcriptions() -> None:
 @click.argument("call_sid", callback=_call_sid)
 @resource_options
 @account_options
-@click.option("--json", "as_json", is_flag=True, help="Print the resource as JSON.")
+@json_option("Print the resource as JSON.")
 def start(
     call_sid, account_sid, auth_token, api_key, api_secret, api_base_url, as_json, **params
 ) -> None:
@@ -231,7 +225,7 @@ def start(
 @click.argument("call_sid", callback=_call_sid)
 @click.argument("sid_or_name")
 @account_options
-@click.option("--json", "as_json", is_flag=True, help="Print the resource as JSON.")
+@json_option("Print the resource as JSON.")
 def stop(
     call_sid, sid_or_name, account_sid, auth_token, api_key, api_secret, api_base_url, as_json
 ) -> None:

@@ -26,7 +26,7 @@ import click
 import redis
 from twilio.request_validator import RequestValidator
 
-from receiver.dashboard.command import start_dashboard
+from receiver.dashboard.process import start_dashboard
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served, start
 

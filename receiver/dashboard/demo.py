@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from twilio.rest import Client
 
-from receiver.dashboard.command import start_dashboard
+from receiver.dashboard.process import start_dashboard
 from receiver.dashboard.settings import DEFAULT_PORT
 
 

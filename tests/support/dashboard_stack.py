@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-from receiver.dashboard.command import start_dashboard
+from receiver.dashboard.process import start_dashboard
 from receiver.server.process import Served
 
 from .twilio_calls import CALLBACK_PATH, sign

@@ -1,4 +1,4 @@
-"""`receiver dashboard`: the dashboard under gunicorn, in a process of its own."""
+"""`receiver dashboard`: live calls and their transcripts in the browser."""
 
 from __future__ import annotations
 
@@ -6,40 +6,22 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 
+from receiver.cli.options import listen_options
 from receiver.config import ConfigError, redact_url
+from receiver.dashboard.process import gunicorn_command
 from receiver.dashboard.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     check_exposure,
     load_dashboard_settings,
 )
-from receiver.server.embedded_redis import free_port
-from receiver.server.process import Served, start
-
-GUNICORN_CONFIG = "python:receiver.dashboard.gunicorn_conf"
-APP = "receiver.dashboard:create_app()"
-
-
-def gunicorn_command() -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, APP]
 
 
 @click.command()
-@click.option(
-    "--host",
-    default=lambda: os.environ.get("DASHBOARD_HOST", DEFAULT_HOST),
-    show_default=f"{DEFAULT_HOST} or $DASHBOARD_HOST",
-)
-@click.option(
-    "--port",
-    type=int,
-    default=lambda: int(os.environ.get("DASHBOARD_PORT", str(DEFAULT_PORT))),
-    show_default=f"{DEFAULT_PORT} or $DASHBOARD_PORT",
-)
+@listen_options(DEFAULT_HOST, DEFAULT_PORT, env_prefix="DASHBOARD_")
 def dashboard(host: str, port: int) -> None:
     """Live calls and transcripts in the browser (reads REDIS_URL, STREAM_PREFIX; see
     docs/dashboard.md for DASHBOARD_PASSWORD and DASHBOARD_AUTH=proxy)."""
@@ -61,11 +43,3 @@ def dashboard(host: str, port: int) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     sys.exit(process.wait())
-
-
-def start_dashboard(env: dict[str, str | None], workdir: Path, port: int = 0) -> Served:
-    """The dashboard under gunicorn on 127.0.0.1 (``port``, else a free one), for the demo, the
-    bench and the tests: the same command as `receiver dashboard` runs."""
-    port = port or free_port()
-    settings = {"PORT": str(port), "DASHBOARD_HOST": "127.0.0.1", "DASHBOARD_PORT": str(port)}
-    return start({**env, **settings}, workdir, command=gunicorn_command(), workers=1)
