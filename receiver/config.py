@@ -31,6 +31,10 @@ class Settings:
     events_maxlen: int = 1_000_000
     rejected_maxlen: int = 100_000
     call_retention_seconds: int = 7 * 24 * 3600
+    # Partial results are a live feed: kept this long after each one (docs/storage.md).
+    partials_retention_seconds: int = 300
+    # Older events are refused; exactly-once identities live this long (+300 s) after a call.
+    max_event_age_seconds: int = 24 * 3600
     max_body_bytes: int = 256 * 1024
     # Durability when Redis cannot take an event in time (see receiver/spool.py); None: no spool,
     # a Redis outage is answered 503.
@@ -70,6 +74,18 @@ def int_setting(env: Mapping[str, str], name: str, default: int, minimum: int) -
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _within_retention(env: Mapping[str, str], name: str, default: int, retention: int) -> int:
+    """A duration that must not outlive the call's data (``CALL_RETENTION_SECONDS``); unset, it
+    is its default or the retention, whichever is shorter."""
+    value = int_setting(env, name, min(default, retention), 1)
+    if value > retention:
+        raise ConfigError(
+            f"{name}={value} must be at most CALL_RETENTION_SECONDS={retention}: "
+            "nothing may outlive the call's own keys"
+        )
     return value
 
 
@@ -145,6 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
             f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
         )
+    retention = int_setting(env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60)
     return Settings(
         auth_tokens=tokens,
         account_sid=account_sid,
@@ -155,8 +172,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         stream_prefix=prefix,
         events_maxlen=int_setting(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
         rejected_maxlen=int_setting(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
-        call_retention_seconds=int_setting(
-            env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
+        call_retention_seconds=retention,
+        partials_retention_seconds=_within_retention(
+            env, "PARTIALS_RETENTION_SECONDS", Settings.partials_retention_seconds, retention
+        ),
+        max_event_age_seconds=_within_retention(
+            env, "MAX_EVENT_AGE_SECONDS", Settings.max_event_age_seconds, retention
         ),
         max_body_bytes=int_setting(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
         spool_dir=_spool_dir(env),

@@ -10,11 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from receiver.protocol import COMMON_PARAMS, CONTENT_PARAMS, EVENTS, SID_PATTERNS
+from receiver.protocol import (
+    COMMON_PARAMS,
+    CONTENT_PARAMS,
+    EVENTS,
+    PROVIDER_CONNECT_TIME,
+    PROVIDER_DATA_PARAM,
+    PROVIDER_DATA_RESULT,
+    PROVIDER_DURATION,
+    PROVIDER_START,
+    SID_PATTERNS,
+)
 
 # Short names of the tracks, from Twilio's Track values (the short ones are accepted too).
 TRACK_NAMES = {
@@ -88,6 +99,11 @@ class Event:
     extra: Mapping[str, str | list[str]] = field(default_factory=dict)
     url_labels: TrackLabels = TrackLabels()
     dedup_key: str = ""
+    # content, with EnableProviderData: TranscriptionProviderData verbatim, and when it carries
+    # timing, when the words were spoken (ISO 8601 UTC, ms, Z)
+    provider_data: str | None = None
+    spoken_start: str | None = None
+    spoken_end: str | None = None
 
 
 def now_iso() -> str:
@@ -175,6 +191,69 @@ def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, obj
     return transcript, confidence, rest
 
 
+# ISO 8601 with any number of fractional digits (Twilio sends 3, 6 or 9); datetime keeps 6.
+_ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)$")
+
+
+def _instant(raw: object) -> datetime | None:
+    if not isinstance(raw, str) or not (match := _ISO_TIME.match(raw.strip())):
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        at = datetime.fromisoformat(
+            f"{whole}.{(fraction or '0')[:6]:0<6}{zone.replace('Z', '+00:00')}"
+        )
+    except ValueError:
+        return None
+    return at.astimezone(UTC)
+
+
+def _seconds(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    return float(raw) if math.isfinite(raw) and raw >= 0 else None
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _provider_data(values: Sequence[str]) -> str | None:
+    """TranscriptionProviderData verbatim, whatever its size; sent several times with different
+    values (never seen), all of them as a JSON list: kept, never a reason for a 400."""
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        return json.dumps(list(values), ensure_ascii=False)
+    return values[0]
+
+
+def spoken_time(provider_data: str | None) -> tuple[str | None, str | None]:
+    """(spoken_start, spoken_end) from TranscriptionProviderData: ProviderConnectTime plus the
+    provider's ``start`` (and ``+ duration``). Anything that does not parse gives (None, None):
+    provider data is a bonus, never a reason to refuse an event (Twilio's own documented
+    example of it is not valid JSON)."""
+    if not provider_data:
+        return None, None
+    try:
+        data = json.loads(provider_data)
+    except (ValueError, RecursionError):
+        return None, None
+    result = data.get(PROVIDER_DATA_RESULT) if isinstance(data, dict) else None
+    connected = _instant(data.get(PROVIDER_CONNECT_TIME)) if isinstance(data, dict) else None
+    if not isinstance(result, dict) or connected is None:
+        return None, None
+    start, duration = _seconds(result.get(PROVIDER_START)), _seconds(result.get(PROVIDER_DURATION))
+    if start is None:
+        return None, None
+    try:
+        begin = connected + timedelta(seconds=start)
+        end = None if duration is None else _iso(begin + timedelta(seconds=duration))
+        return _iso(begin), end
+    except OverflowError:  # a start of 1e300 seconds
+        return None, None
+
+
 def _dedup_key(transcription_sid: str, sequence_id: int | None, params: Mapping) -> str:
     """The event's identity: (TranscriptionSid, SequenceId), or a digest of all its parameters
     when Twilio sent no SequenceId, so that an exact repeat is still recognized."""
@@ -228,6 +307,9 @@ def parse(
             stability=_number("Stability", _one(params, "Stability")),
             language_code=_one(params, "LanguageCode"),
         )
+        provider_data = _provider_data(params.get(PROVIDER_DATA_PARAM) or ())
+        spoken_start, spoken_end = spoken_time(provider_data)
+        fields.update(provider_data=provider_data, spoken_start=spoken_start, spoken_end=spoken_end)
     elif event == "started":
         consumed.update(STARTED_FIELDS)
         fields["settings"] = {
