@@ -43,4 +43,6 @@ def open_store(settings: Settings) -> Store:
         settings.call_retention_seconds,
         settings.events_maxlen,
         settings.rejected_maxlen,
+        settings.partials_retention_seconds,
+        settings.max_event_age_seconds,
     )
