@@ -8,10 +8,11 @@
 -- Returns the entry id, or false when the same request was kept within the window.
 
 local now, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Forget first: a request seen longer ago than the window is kept again.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.0f', now - window))
 if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1]) == 0 then
   return false
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.0f', now - window))
 redis.call('PEXPIRE', KEYS[2], window)
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
