@@ -225,7 +225,7 @@ def _provider_data(values: Sequence[str]) -> str | None:
         return None
     if len(set(values)) > 1:
         return json.dumps(list(values), ensure_ascii=False)
-    return values[0]
+    return values[0] or None  # sent empty: absent, as every field
 
 
 def spoken_time(provider_data: str | None) -> tuple[str | None, str | None]:
