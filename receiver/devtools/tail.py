@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import click
@@ -33,8 +33,10 @@ LABEL_WIDTH = 10
 Entry = tuple[str, dict[str, str]]
 
 
-def stream_key(keys: Keys, call_sid: str | None) -> str:
-    return keys.call(call_sid) if call_sid else keys.events
+def stream_keys(keys: Keys, call_sid: str | None) -> list[str]:
+    """What to follow: every call's events in ``rtt:events``; for one call, its stream (the
+    record: lifecycle and finals) and its partials stream (partial results, kept briefly)."""
+    return [keys.call(call_sid), keys.partials(call_sid)] if call_sid else [keys.events]
 
 
 def latest_id(client: redis.Redis, key: str) -> str:
@@ -43,9 +45,13 @@ def latest_id(client: redis.Redis, key: str) -> str:
     return newest[0][0] if newest else "0-0"
 
 
+def _entry_order(entry: Entry) -> tuple[int, ...]:
+    return tuple(int(part) for part in entry[0].split("-"))
+
+
 def follow(
     client: redis.Redis,
-    key: str,
+    keys: Sequence[str],
     *,
     from_start: bool,
     status: Callable[[str], None],
@@ -55,24 +61,26 @@ def follow(
     retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
     finished: Callable[[], bool] = lambda: False,
 ) -> Iterator[Entry]:
-    """Every entry of ``key`` after the starting point, across Redis restarts, until a read
-    finds nothing new for ``block_ms`` while ``finished()`` holds (by default: forever)."""
-    last: str | None = "0-0" if from_start else None
+    """Every entry of ``keys`` after the starting point, across Redis restarts, until a read
+    finds nothing new for ``block_ms`` while ``finished()`` holds (by default: forever). The
+    entries of one read are merged by id (the streams of one call share a server clock)."""
+    last: dict[str, str] | None = dict.fromkeys(keys, "0-0") if from_start else None
     failures = 0
     announced = False
     while True:
         try:
             if last is None:
-                last = latest_id(client, key)
+                last = {key: latest_id(client, key) for key in keys}
             if not announced:
                 # Only now is the starting point fixed: what is written from here on is shown.
                 ready()
                 announced = True
             if failures:
                 client.ping()
-                status(f"Reconnected to Redis at {redact_url(url)}; resuming after entry {last}.")
+                after = ", ".join(last.values())
+                status(f"Reconnected to Redis at {redact_url(url)}; resuming after entry {after}.")
                 failures = 0
-            answer = client.xread({key: last}, count=200, block=block_ms)
+            answer = client.xread(last, count=200, block=block_ms)
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
             # A subclass of ConnectionError, but retrying cannot fix a wrong password or user.
             raise click.ClickException(
@@ -81,7 +89,7 @@ def follow(
             ) from None
         except redis.exceptions.NoPermissionError as error:
             raise click.ClickException(
-                f"Redis at {redact_url(url)}: the user may not read {key} ({error})."
+                f"Redis at {redact_url(url)}: the user may not read {', '.join(keys)} ({error})."
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as error:
             if not failures:
@@ -94,10 +102,12 @@ def follow(
             continue
         if not answer and finished():
             return
-        for _stream, entries in answer or ():
+        read: list[Entry] = []
+        for stream, entries in answer or ():
             for entry_id, fields in entries:
-                last = entry_id
-                yield entry_id, fields
+                last[stream] = entry_id
+                read.append((entry_id, fields))
+        yield from sorted(read, key=_entry_order)
 
 
 @dataclass
@@ -249,7 +259,7 @@ def run(
     client: redis.Redis,
     *,
     url: str,
-    key: str,
+    keys: Sequence[str],
     from_start: bool,
     finals_only: bool,
     as_json: bool,
@@ -257,13 +267,13 @@ def run(
     console: Console | None = None,
     until: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Follow ``key`` until interrupted, or until its transcriptions stop (``until_stopped``)
+    """Follow ``keys`` until interrupted, or until its transcriptions stop (``until_stopped``)
     or ``until()`` holds, and then a read finds nothing new."""
     stopper = Stopper()
     out = console or Console(highlight=False)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     where = "the start" if from_start else "now"
-    following = f"Following {key} from {where} on {redact_url(url)} (Ctrl-C to stop)"
+    following = f"Following {', '.join(keys)} from {where} on {redact_url(url)} (Ctrl-C to stop)"
 
     def announce() -> None:
         # On a terminal it belongs above the transcript; otherwise stdout is for data only.
@@ -276,7 +286,7 @@ def run(
     if as_json:
         for entry_id, fields in follow(
             client,
-            key,
+            keys,
             from_start=from_start,
             url=url,
             status=errors.print,
@@ -297,7 +307,7 @@ def run(
     try:
         entries = follow(
             client,
-            key,
+            keys,
             from_start=from_start,
             url=url,
             status=status,
@@ -350,12 +360,12 @@ def tail(redis_url, prefix, call_sid, finals_only, from_start, as_json, until_st
         )
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--redis-url") from None
-    key = stream_key(Keys(prefix), call_sid)
+    keys = stream_keys(Keys(prefix), call_sid)
     try:
         run(
             client,
             url=redis_url,
-            key=key,
+            keys=keys,
             from_start=from_start,
             finals_only=finals_only,
             as_json=as_json,
@@ -364,7 +374,7 @@ def tail(redis_url, prefix, call_sid, finals_only, from_start, as_json, until_st
     except KeyboardInterrupt:
         pass
     except redis.ResponseError as error:
-        raise click.ClickException(f"{key}: {error}") from None
+        raise click.ClickException(f"{', '.join(keys)}: {error}") from None
     except BrokenPipeError:
         # The reader went away (`| head`): leave quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
