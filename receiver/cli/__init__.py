@@ -98,6 +98,7 @@ def serve(host: str, port: int, data_dir: Path, gunicorn_config: str) -> None:
 
 # Issue 3: try it without Twilio.
 from receiver.cli.emulate import emulate, simulate  # noqa: E402
+from receiver.cli.memory import memory  # noqa: E402
 from receiver.cli.transcriptions import transcriptions  # noqa: E402
 from receiver.devtools.demo import demo  # noqa: E402
 from receiver.devtools.tail import tail  # noqa: E402
@@ -107,6 +108,7 @@ main.add_command(simulate)
 main.add_command(tail)
 main.add_command(transcriptions)
 main.add_command(demo)
+main.add_command(memory)
 
 
 def _bench() -> click.Command:
