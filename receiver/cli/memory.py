@@ -29,8 +29,21 @@ from receiver.server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
     show_default=True,
     help="PARTIALS_RETENTION_SECONDS to measure with.",
 )
+@click.option(
+    "--partials-per-word",
+    type=click.FloatRange(min=0.1),
+    default=1.5,
+    show_default=True,
+    help="How often the engine revises a partial result.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The figures as one JSON object.")
-def memory(redis_url: str | None, minutes: int, partials_retention: int, as_json: bool) -> None:
+def memory(
+    redis_url: str | None,
+    minutes: int,
+    partials_retention: int,
+    partials_per_word: float,
+    as_json: bool,
+) -> None:
     """Store a synthetic call through the real store and print the Redis memory per call-hour."""
     with tempfile.TemporaryDirectory(prefix="rtt-memory-") as tmp:
         server = None
@@ -44,7 +57,7 @@ def memory(redis_url: str | None, minutes: int, partials_retention: int, as_json
         try:
             figures = measure(
                 client,
-                workload=Workload(minutes=minutes),
+                workload=Workload(minutes=minutes, partials_per_word=partials_per_word),
                 partials_retention_seconds=partials_retention,
             )
         except redis.RedisError as error:

@@ -2,9 +2,10 @@
 
 A synthetic call goes through the real ``Store`` (the same script as production), built with
 ``receiver.protocol``'s builders and ``events.parse``: two parties taking turns at 150 words a
-minute, a final every 12 words, a partial result every 1.5 words (8 partials per final: 750
-finals and 6,000 partials in an hour). The hour is played in seconds, so time-based retention
-cannot act on its own: the figures below say how each moment is reproduced.
+minute, a final every 12 words, 1.5 partial results per word (the bench's rate: 18 partials per
+final, 750 finals and 13,500 partials in an hour; ``--partials-per-word 0.67`` gives the 6,000
+partials of a slower engine). The hour is played in seconds, so time-based retention cannot act
+on its own: the figures below say how each moment is reproduced.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Workload:
     minutes: int = 60
     words_per_minute: int = 150
     words_per_final: int = 12
-    words_per_partial: float = 1.5
+    partials_per_word: float = 1.5
 
     @property
     def finals(self) -> int:
@@ -112,7 +113,7 @@ class Workload:
 
     @property
     def partials_per_final(self) -> int:
-        return round(self.words_per_final / self.words_per_partial)
+        return max(1, round(self.words_per_final * self.partials_per_word))
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,12 @@ class Figures:
 
     @property
     def goal_met(self) -> bool:
+        """For the whole retention, once the freshness window has passed."""
+        return self.per_hour(self.retained_without_seen) <= GOAL_BYTES
+
+    @property
+    def goal_met_in_window(self) -> bool:
+        """Also during the freshness window (MAX_EVENT_AGE_SECONDS + 300 after the call)."""
         return self.per_hour(self.retained_with_seen) <= GOAL_BYTES
 
     def to_json(self) -> dict[str, object]:
@@ -156,6 +163,7 @@ class Figures:
         }
         data["goal_bytes_per_call_hour"] = GOAL_BYTES
         data["goal_met"] = self.goal_met
+        data["goal_met_in_window"] = self.goal_met_in_window
         return data
 
 
@@ -293,7 +301,9 @@ def report(figures: Figures) -> list[str]:
     def mb(value: int) -> str:
         return f"{value / 1024 / 1024:7.3f} MB"
 
-    verdict = "met" if figures.goal_met else "NOT met"
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
     return [
         f"One call of {figures.minutes} min: {figures.finals} finals, {figures.partials} "
         f"partials (PARTIALS_RETENTION_SECONDS={figures.partials_retention_seconds}); "
@@ -304,5 +314,7 @@ def report(figures: Figures) -> list[str]:
         f"  of which the seen set                    {mb(hour(figures.seen))}",
         f"  every partial kept (schema 1)            {mb(hour(figures.all_partials_kept))}",
         f"  rtt:events, per event                    {figures.events_stream_bytes_per_event:.0f} B",
-        f"Goal: at most 1 MB retained per call-hour: {verdict}.",
+        "Goal, at most 1 MB retained per call-hour: "
+        f"{verdict(figures.goal_met)} after the freshness window, "
+        f"{verdict(figures.goal_met_in_window)} inside it.",
     ]
