@@ -132,7 +132,7 @@ class Figures:
     # ... and after it (the seen set has expired).
     retained_without_seen: int
     seen: int
-    # For comparison: every partial kept as long as the call (what schema 1 did).
+    # For comparison: every partial kept as long as the call.
     all_partials_kept: int
     # The live feed rtt:events, per event (it is capped by EVENTS_MAXLEN, not per call).
     events_stream_bytes_per_event: float
@@ -312,7 +312,7 @@ def report(figures: Figures) -> list[str]:
         f"  retained, inside the freshness window    {mb(hour(figures.retained_with_seen))}",
         f"  retained, after it (no seen set)         {mb(hour(figures.retained_without_seen))}",
         f"  of which the seen set                    {mb(hour(figures.seen))}",
-        f"  every partial kept (schema 1)            {mb(hour(figures.all_partials_kept))}",
+        f"  every partial kept as long as the call   {mb(hour(figures.all_partials_kept))}",
         f"  rtt:events, per event                    {figures.events_stream_bytes_per_event:.0f} B",
         "Goal, at most 1 MB retained per call-hour: "
         f"{verdict(figures.goal_met)} after the freshness window, "
