@@ -158,7 +158,7 @@ def test_a_retry_heals_a_partial_whose_steps_were_cut(cluster_app, cluster_clien
     params = content(far_call_sid, gt, 2, "half a", final=False)
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
     stored, ref, *_ = store._call(
-        keys=store.cluster_keys.call_keys(far_call_sid), args=store.args(event)
+        keys=store.cluster_keys.call_keys(far_call_sid), args=store.args(event, store.now_ms())
     )
     assert stored == 1 and ref.decode().startswith("p/")
     assert cluster_client.xlen(KEYS.events) == 1  # the started event only
@@ -175,7 +175,7 @@ def test_a_retry_heals_a_crash_between_the_steps(cluster_app, cluster_client, fa
     params = callback("started", far_call_sid, sid("GT"), 1)
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
     # The first delivery: step 1 only, then the receiver dies before steps 2 and 3.
-    args = store.args(event)
+    args = store.args(event, store.now_ms())
     stored, entry_id, *_ = store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)
     assert stored == 1
     assert cluster_client.xlen(KEYS.events) == 0
@@ -282,7 +282,7 @@ def test_a_late_replay_still_reaches_the_global_stream(
     store: ClusterStore = cluster_app.extensions["receiver"].store
     params = content(far_call_sid, sid("GT"), 3, "spooled during an outage")
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
-    args = store.args(event)
+    args = store.args(event, store.now_ms())
     assert store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)[0] == 1
     time.sleep(0.05)  # the entry is now older than the window
     assert store.append(event) == "duplicate"

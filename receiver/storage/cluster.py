@@ -155,8 +155,8 @@ class ClusterStore(Store):
         self._published = self.client.register_script(PUBLISHED_SCRIPT)
 
     def append(self, event: Event) -> Outcome:
-        args = self.args(event)
-        now_ms = args[12]
+        now_ms = self.now_ms()
+        args = self.args(event, now_ms)
         stored, ref, state_id, in_progress, *fields = self._call(
             keys=self.cluster_keys.call_keys(event.call_sid), args=args
         )

@@ -99,15 +99,18 @@ class Store:
         """How long identities outlive a call's last event (docs/storage.md)."""
         return min(self.retention_seconds, self.max_event_age_seconds + SEEN_MARGIN_SECONDS)
 
-    def args(self, event: Event) -> list[str]:
-        """The ARGV of the per-event script for ``event``, now."""
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def args(self, event: Event, now_ms: int) -> list[str]:
+        """The ARGV of the per-event script for ``event``, stored at ``now_ms``."""
         return store_args(
             event,
             retention_seconds=self.retention_seconds,
             events_maxlen=self.events_maxlen,
             seen_seconds=self.seen_seconds,
             partials_seconds=self.partials_retention_seconds,
-            now_ms=int(self.clock() * 1000),
+            now_ms=now_ms,
         )
 
     def _connection(self) -> redis.Redis:
@@ -133,7 +136,7 @@ class Store:
         """Store ``event`` unless its (TranscriptionSid, SequenceId) was stored before."""
         entry_id = self._script(
             keys=self.keys.store_keys(event.call_sid),
-            args=self.args(event),
+            args=self.args(event, self.now_ms()),
             client=self._connection(),
         )
         return "stored" if entry_id else "duplicate"
@@ -163,7 +166,7 @@ class Store:
             keys=[self.keys.rejected, self.keys.rejected_seen],
             args=[
                 rejection_digest(method, url, params),
-                int(self.clock() * 1000),
+                self.now_ms(),
                 self.max_event_age_seconds * 1000,
                 self.rejected_maxlen,
                 *[item for pair in fields.items() for item in pair],
