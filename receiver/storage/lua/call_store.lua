@@ -1,5 +1,5 @@
 -- The writes to one call's keys, shared by store.lua (one Redis: a single script, one round
--- trip) and cluster_call.lua (Redis Cluster: step 1 of 3). Every key here carries the hash tag
+-- trip) and cluster_call.lua (Redis Cluster: step 1). Every key here carries the hash tag
 -- {CallSid}, so they all live in the call's slot. Prepended to those scripts' text.
 --
 -- k: stream, seen, labels, finals, transcriptions, partials (key names); ARGV as documented in
