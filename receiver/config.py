@@ -50,8 +50,11 @@ class Settings:
     events_maxlen: int = 1_000_000
     rejected_maxlen: int = 100_000
     call_retention_seconds: int = 7 * 24 * 3600
+    # Partial results are a live feed: kept this long after each one (docs/storage.md).
+    partials_retention_seconds: int = 300
     # Older callbacks are refused: a captured one replayed after its dedup memory expired
-    # would be stored again. Never more than call_retention_seconds.
+    # would be stored again. Never more than call_retention_seconds; exactly-once identities
+    # live this long (+300 s) after a call's last event (docs/storage.md).
     max_event_age_seconds: int = 24 * 3600
     # Twilio's largest callback: a final result with TranscriptionProviderData's per-word
     # entries (word, start, end, confidence, punctuated_word, speaker...) costs 270 to 310
@@ -115,6 +118,19 @@ def int_setting(env: Mapping[str, str], name: str, default: int, minimum: int) -
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _within_retention(env: Mapping[str, str], name: str, default: int, retention: int) -> int:
+    """A duration that must not outlive the call's data (``CALL_RETENTION_SECONDS``); unset, it
+    is its default or the retention, whichever is shorter."""
+    value = int_setting(env, name, min(default, retention), 1)
+    if value > retention:
+        raise ConfigError(
+            f"{name}={value} must be at most CALL_RETENTION_SECONDS={retention}: nothing may "
+            "outlive the call's own keys (an event replayed after its identity expired would be "
+            "stored again)"
+        )
     return value
 
 
@@ -276,15 +292,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
             f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
         )
     retention = int_setting(env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60)
-    max_age = int_setting(env, "MAX_EVENT_AGE_SECONDS", Settings.max_event_age_seconds, 1)
-    if max_age > retention:
-        if not env.get("MAX_EVENT_AGE_SECONDS", "").strip():
-            max_age = retention  # a short retention shortens the default with it
-        else:
-            raise ConfigError(
-                f"MAX_EVENT_AGE_SECONDS={max_age} must not exceed CALL_RETENTION_SECONDS="
-                f"{retention}: an event replayed after its identity expired would be stored again"
-            )
     return Settings(
         auth_tokens=tokens,
         account_sid=account_sid,
@@ -296,7 +303,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         events_maxlen=int_setting(env, "EVENTS_MAXLEN", Settings.events_maxlen, 1),
         rejected_maxlen=int_setting(env, "REJECTED_MAXLEN", Settings.rejected_maxlen, 1),
         call_retention_seconds=retention,
-        max_event_age_seconds=max_age,
+        partials_retention_seconds=_within_retention(
+            env, "PARTIALS_RETENTION_SECONDS", Settings.partials_retention_seconds, retention
+        ),
+        max_event_age_seconds=_within_retention(
+            env, "MAX_EVENT_AGE_SECONDS", Settings.max_event_age_seconds, retention
+        ),
         max_body_bytes=int_setting(env, "MAX_BODY_BYTES", Settings.max_body_bytes, 1024),
         spool_dir=_spool_dir(env),
         spool_max_bytes=int_setting(env, "SPOOL_MAX_BYTES", Settings.spool_max_bytes, 64 * 1024),

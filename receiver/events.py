@@ -20,6 +20,11 @@ from receiver.protocol import (
     CONTENT_PARAMS,
     EVENTS,
     LANGUAGE_CODE,
+    PROVIDER_CONNECT_TIME,
+    PROVIDER_DATA_PARAM,
+    PROVIDER_DATA_RESULT,
+    PROVIDER_DURATION,
+    PROVIDER_START,
     SID_PATTERNS,
     TRACK_SETTINGS,
     parse_timestamp,
@@ -114,6 +119,11 @@ class Event:
     extra: Mapping[str, str | list[str]] = field(default_factory=dict)
     url_labels: TrackLabels = TrackLabels()
     dedup_key: str = ""
+    # content, with EnableProviderData: TranscriptionProviderData verbatim, and when it carries
+    # timing, when the words were spoken (ISO 8601 UTC, ms, Z)
+    provider_data: str | None = None
+    spoken_start: str | None = None
+    spoken_end: str | None = None
 
 
 def now_iso() -> str:
@@ -226,6 +236,58 @@ def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, obj
     return transcript, confidence, rest
 
 
+def _instant(raw: object) -> datetime | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return parse_timestamp(raw.strip())
+    except ValueError:
+        return None
+
+
+def _seconds(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    return float(raw) if math.isfinite(raw) and raw >= 0 else None
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _provider_data(params: Mapping[str, Sequence[str]]) -> str | None:
+    """TranscriptionProviderData verbatim, whatever its size: the per-word results of a long
+    utterance exceed MAX_VALUE_LENGTH, and provider data is never a reason for a 400."""
+    values = params.get(PROVIDER_DATA_PARAM)
+    return (values[0] or None) if values else None  # sent empty: absent, as every field
+
+
+def spoken_time(provider_data: str | None) -> tuple[str | None, str | None]:
+    """(spoken_start, spoken_end) from TranscriptionProviderData: ProviderConnectTime plus the
+    provider's ``start`` (and ``+ duration``). Anything that does not parse gives (None, None):
+    provider data is a bonus, never a reason to refuse an event (Twilio's own documented
+    example of it is not valid JSON)."""
+    if not provider_data:
+        return None, None
+    try:
+        data = json.loads(provider_data)
+    except (ValueError, RecursionError):
+        return None, None
+    result = data.get(PROVIDER_DATA_RESULT) if isinstance(data, dict) else None
+    connected = _instant(data.get(PROVIDER_CONNECT_TIME)) if isinstance(data, dict) else None
+    if not isinstance(result, dict) or connected is None:
+        return None, None
+    start, duration = _seconds(result.get(PROVIDER_START)), _seconds(result.get(PROVIDER_DURATION))
+    if start is None:
+        return None, None
+    try:
+        begin = connected + timedelta(seconds=start)
+        end = None if duration is None else _iso(begin + timedelta(seconds=duration))
+        return _iso(begin), end
+    except OverflowError:  # a start of 1e300 seconds
+        return None, None
+
+
 def _dedup_key(transcription_sid: str, sequence_id: int) -> str:
     """The event's identity, Twilio's own: (TranscriptionSid, SequenceId)."""
     return f"{transcription_sid}:{sequence_id}"
@@ -292,6 +354,9 @@ def parse(
             stability=_number("Stability", _one(params, "Stability")),
             language_code=_language_code(_one(params, "LanguageCode")),
         )
+        provider_data = _provider_data(params)
+        spoken_start, spoken_end = spoken_time(provider_data)
+        fields.update(provider_data=provider_data, spoken_start=spoken_start, spoken_end=spoken_end)
     elif event == "started":
         consumed.update(STARTED_FIELDS)
         raw = {theirs: _one(params, theirs) for theirs in STARTED_FIELDS}

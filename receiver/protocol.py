@@ -53,10 +53,24 @@ STARTED_PARAMS = (
     "OutboundTrackLabel",
     "ProviderConfiguration",
 )
-CONTENT_PARAMS = ("Track", "TranscriptionData", "Final", "Stability", "LanguageCode")
-# Only with EnableProviderData=true: a JSON string {"ProviderData": {<the provider's raw
-# result>}, "ProviderConnectTime": "<ISO time>", "Provider": "deepgram"}.
+CONTENT_PARAMS = (
+    "Track",
+    "TranscriptionData",
+    "Final",
+    "Stability",
+    "LanguageCode",
+    "TranscriptionProviderData",
+)
+# TranscriptionProviderData (only with EnableProviderData) is a JSON string:
+# {"ProviderData": {...the provider's raw result...}, "ProviderConnectTime": "<ISO 8601>",
+#  "Provider": "deepgram"}; Deepgram's raw result has "start" and "duration", in seconds since
+# ProviderConnectTime. Twilio's own documented example does not parse: never rely on it.
 PROVIDER_DATA_PARAM = "TranscriptionProviderData"
+PROVIDER_DATA_RESULT = "ProviderData"
+PROVIDER_CONNECT_TIME = "ProviderConnectTime"
+PROVIDER_NAME = "Provider"
+PROVIDER_START = "start"
+PROVIDER_DURATION = "duration"
 ERROR_PARAMS = ("TranscriptionErrorCode", "TranscriptionError")
 
 # TranscriptionErrorCode values Twilio documents for Real-Time Transcriptions (error dictionary,
@@ -171,8 +185,10 @@ def content_params(
     confidence: float | None = None,
     stability: float | str | None = None,
     language_code: str = "en-US",
+    provider_data: str | None = None,
 ) -> dict[str, str]:
-    """The parameters of a ``transcription-content`` event beyond the common ones."""
+    """The parameters of a ``transcription-content`` event beyond the common ones
+    (``provider_data``: the ``TranscriptionProviderData`` string, sent verbatim)."""
     data: dict[str, object] = {"transcript": transcript}
     if confidence is not None:
         data["confidence"] = confidence
@@ -184,7 +200,24 @@ def content_params(
     }
     if stability is not None:
         params["Stability"] = stability if isinstance(stability, str) else f"{stability:.2f}"
+    if provider_data is not None:
+        params[PROVIDER_DATA_PARAM] = provider_data
     return params
+
+
+def provider_data(
+    connect_time: str, start: float, duration: float, provider: str = "deepgram", **raw: object
+) -> str:
+    """A ``TranscriptionProviderData`` value as Deepgram's results carry it: ``start`` and
+    ``duration`` in seconds since ``connect_time``."""
+    result = {PROVIDER_START: start, PROVIDER_DURATION: duration, **raw}
+    return json.dumps(
+        {
+            PROVIDER_DATA_RESULT: result,
+            PROVIDER_CONNECT_TIME: connect_time,
+            PROVIDER_NAME: provider,
+        }
+    )
 
 
 # -- retries (Twilio's error 17580) -----------------------------------------------------------

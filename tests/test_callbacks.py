@@ -64,9 +64,11 @@ def test_every_event_type_is_stored(client, redis_client, call_sid, send):
         response = send(client, params)
         assert response.status_code == 200, response.get_json()
         assert response.get_json() == {"outcome": "stored"}
-    started, partial, final, error, stopped = call_entries(redis_client, call_sid)
+    # The call stream keeps lifecycle events and finals; the partial is in the partials stream.
+    started, final, error, stopped = call_entries(redis_client, call_sid)
+    [(_, partial)] = redis_client.xrange(f"rtt:call:{{{call_sid}}}:partials")
     assert started["event"] == "started"
-    assert started["schema"] == "1"
+    assert started["schema"] == "2"
     assert started["name"] == "t1"
     assert started["inbound_track_label"] == "customer"
     assert started["partial_results"] == "true"
@@ -76,7 +78,7 @@ def test_every_event_type_is_stored(client, redis_client, call_sid, send):
     assert partial["stability"] == "0.8"
     assert partial["transcript"] == "hello there"
     assert final == {
-        "schema": "1",
+        "schema": "2",
         "event": "content",
         "account_sid": ACCOUNT_SID,
         "call_sid": call_sid,
@@ -460,4 +462,4 @@ def test_the_largest_callbacks_fit_the_default_body_limit(client, redis_client, 
     )
     assert response.get_json() == {"outcome": "stored"}
     [entry] = call_entries(redis_client, call_sid)
-    assert json.loads(json.loads(entry["extra"])["TranscriptionProviderData"])["Provider"]
+    assert json.loads(entry["provider_data"])["Provider"]

@@ -16,10 +16,10 @@ from redis.crc import key_slot
 from receiver import create_app
 from receiver.config import Settings, load_settings
 from receiver.events import parse
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 from receiver.storage import cluster
 from receiver.storage.cluster import ClusterKeys, ClusterStore
-from receiver.storage.store import Keys, store_args
+from receiver.storage.store import Keys
 
 from .support.redis_cluster import SLOT_RANGES, LocalCluster
 from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
@@ -77,6 +77,7 @@ def test_cluster_keys_hash_to_their_slots():
     call = "CA" + "1" * 32
     slots = {key_slot(k.encode()) for k in cluster_keys.call_keys(call)}
     assert slots == {key_slot(call.encode())}
+    assert key_slot(KEYS.rejected_seen.encode()) == key_slot(KEYS.rejected.encode())
 
 
 def test_redis_cluster_setting():
@@ -102,7 +103,10 @@ def test_whole_call_on_a_cluster(cluster_app, cluster_client, far_call_sid):
     assert outcomes.count("duplicate") == len(events) - 2
 
     call = [f for _, f in cluster_client.xrange(KEYS.call(far_call_sid))]
-    assert sorted(int(e["sequence_id"]) for e in call) == list(range(1, len(events) + 1))
+    partials = [f for _, f in cluster_client.xrange(KEYS.partials(far_call_sid))]
+    assert {e["final"] for e in partials} == {"false"}
+    assert [e.get("final", "true") for e in call] == ["true"] * len(call)
+    assert sorted(int(e["sequence_id"]) for e in call + partials) == list(range(1, len(events) + 1))
     finals = [json.loads(m) for m in cluster_client.zrange(KEYS.finals(far_call_sid), 0, -1)]
     assert [(f["track_label"], f["transcript"]) for f in finals] == [
         ("customer", "hello I need help"),
@@ -111,8 +115,13 @@ def test_whole_call_on_a_cluster(cluster_app, cluster_client, far_call_sid):
     global_entries = [f for _, f in cluster_client.xrange(KEYS.events)]
     assert len(global_entries) == len(events)
     call_ids = {entry_id for entry_id, _ in cluster_client.xrange(KEYS.call(far_call_sid))}
-    assert {e["call_entry_id"] for e in global_entries} == call_ids
+    partial_ids = {i for i, _ in cluster_client.xrange(KEYS.partials(far_call_sid))}
+    assert {e["call_entry_id"] for e in global_entries if "call_entry_id" in e} == call_ids
+    assert {e["partials_entry_id"] for e in global_entries if "partials_entry_id" in e} == (
+        partial_ids
+    )
     assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
+    assert cluster_client.zscore(KEYS.recent_calls, far_call_sid) is not None
 
 
 def test_calls_in_progress_on_a_cluster(cluster_app, cluster_client, far_call_sid):
@@ -134,12 +143,39 @@ def test_dead_letters_on_a_cluster(cluster_app, cluster_client, far_call_sid):
     assert entry["field"] == "TranscriptionData"
 
 
+def test_dead_letters_on_a_cluster_are_kept_once(cluster_app, cluster_client, far_call_sid):
+    bad = {**content(far_call_sid, sid("GT"), 1, "x"), "TranscriptionData": "not json"}
+    for _ in range(3):  # a captured request, replayed
+        assert post(cluster_app.test_client(), bad).status_code == 400
+    assert cluster_client.xlen(KEYS.rejected) == 1
+    assert cluster_client.zcard(KEYS.rejected_seen) == 1
+
+
+def test_a_retry_heals_a_partial_whose_steps_were_cut(cluster_app, cluster_client, far_call_sid):
+    store: ClusterStore = cluster_app.extensions["receiver"].store
+    gt = sid("GT")
+    post(cluster_app.test_client(), callback("started", far_call_sid, gt, 1))
+    params = content(far_call_sid, gt, 2, "half a", final=False)
+    event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
+    stored, ref, *_ = store._call(
+        keys=store.cluster_keys.call_keys(far_call_sid), args=store.args(event, store.now_ms())
+    )
+    assert stored == 1 and ref.decode().startswith("p/")
+    assert cluster_client.xlen(KEYS.events) == 1  # the started event only
+    for _ in range(3):
+        assert store.append(event) == "duplicate"
+    ((partial_id, _),) = cluster_client.xrange(KEYS.partials(far_call_sid))
+    entries = [f for _, f in cluster_client.xrange(KEYS.events)]
+    assert [e.get("partials_entry_id") for e in entries] == [None, partial_id]
+    assert cluster_client.xlen(KEYS.call(far_call_sid)) == 1
+
+
 def test_a_retry_heals_a_crash_between_the_steps(cluster_app, cluster_client, far_call_sid):
     store: ClusterStore = cluster_app.extensions["receiver"].store
     params = callback("started", far_call_sid, sid("GT"), 1)
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
     # The first delivery: step 1 only, then the receiver dies before steps 2 and 3.
-    args = store_args(event, retention_seconds=600, events_maxlen=1000)
+    args = store.args(event, store.now_ms())
     stored, entry_id, *_ = store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)
     assert stored == 1
     assert cluster_client.xlen(KEYS.events) == 0
@@ -183,7 +219,8 @@ def test_two_receivers_on_a_cluster(start_receiver, redis_cluster, cluster_clien
     with ThreadPoolExecutor(4) as pool:
         outcomes = [o for pair in pool.map(deliver, enumerate(events)) for o in pair]
     assert outcomes.count("stored") == len(events)
-    assert cluster_client.xlen(KEYS.call(far_call_sid)) == len(events)
+    stored = cluster_client.xlen(KEYS.call(far_call_sid))
+    assert stored + cluster_client.xlen(KEYS.partials(far_call_sid)) == len(events)
     assert cluster_client.xlen(KEYS.events) == len(events)
     finals = [json.loads(m) for m in cluster_client.zrange(KEYS.finals(far_call_sid), 0, -1)]
     assert [f["transcript"] for f in finals] == ["hello I need help", "sure what is wrong"]
@@ -245,7 +282,7 @@ def test_a_late_replay_still_reaches_the_global_stream(
     store: ClusterStore = cluster_app.extensions["receiver"].store
     params = content(far_call_sid, sid("GT"), 3, "spooled during an outage")
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
-    args = store_args(event, retention_seconds=600, events_maxlen=1000)
+    args = store.args(event, store.now_ms())
     assert store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)[0] == 1
     time.sleep(0.05)  # the entry is now older than the window
     assert store.append(event) == "duplicate"

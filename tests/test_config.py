@@ -65,3 +65,32 @@ def test_repr_hides_secrets():
     assert "supersecret" not in repr(s)
     assert "hunter2" not in repr(s)
     assert redact_url("rediss://u:p@h:1/0") == "rediss://u:***@h:1/0"
+
+
+def test_partials_retention_and_event_age_defaults():
+    s = load_settings(BASE)
+    assert (s.partials_retention_seconds, s.max_event_age_seconds) == (300, 86400)
+    # Unset, neither outlives a short call retention.
+    s = load_settings(dict(BASE, CALL_RETENTION_SECONDS="120"))
+    assert (s.partials_retention_seconds, s.max_event_age_seconds) == (120, 120)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PARTIALS_RETENTION_SECONDS": "0"}, "PARTIALS_RETENTION_SECONDS='0' must be at least 1"),
+        ({"PARTIALS_RETENTION_SECONDS": "5m"}, "is not a whole number"),
+        (
+            {"CALL_RETENTION_SECONDS": "3600", "PARTIALS_RETENTION_SECONDS": "3601"},
+            "PARTIALS_RETENTION_SECONDS=3601 must be at most CALL_RETENTION_SECONDS=3600",
+        ),
+        (
+            {"CALL_RETENTION_SECONDS": "3600", "MAX_EVENT_AGE_SECONDS": "86400"},
+            "MAX_EVENT_AGE_SECONDS=86400 must be at most CALL_RETENTION_SECONDS=3600",
+        ),
+        ({"MAX_EVENT_AGE_SECONDS": "0"}, "MAX_EVENT_AGE_SECONDS='0' must be at least 1"),
+    ],
+)
+def test_retention_bounds_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(dict(BASE, **env))

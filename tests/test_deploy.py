@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from receiver.config import load_settings
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 
 from .support.certificates import issue
 from .support.deployment_files import (

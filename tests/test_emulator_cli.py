@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from twilio.rest import Client
 
 from receiver.cli import main
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 
 from .support.callback_sink import CallbackSink
 from .support.twilio_calls import sid

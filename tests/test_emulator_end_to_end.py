@@ -11,6 +11,7 @@ from twilio.rest import Client
 from receiver.devtools.conversation import Faults, load_conversation
 from receiver.devtools.emulator import Emulator, EmulatorServer
 
+from .support.streams import call_entries
 from .support.twilio_calls import sid
 
 pytestmark = pytest.mark.slow  # starts servers or processes
@@ -72,7 +73,7 @@ def test_full_call_through_the_rest_resource(start_receiver, redis_client, metho
     playback = emulator.transcriptions[created.sid].playback
     assert {d.status for d in playback.deliveries} == {200}
 
-    entries = [fields for _, fields in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    entries = call_entries(redis_client, call_sid)
     assert [row(e) for e in entries] == expected_entries(load_conversation())
     assert [int(e["sequence_id"]) for e in entries] == list(range(1, len(entries) + 1))
     assert {e["transcription_sid"] for e in entries} == {created.sid}
@@ -115,7 +116,7 @@ def test_faulty_delivery_still_lands_exactly_once(start_receiver, redis_client):
     assert "duplicate" in {d.callback.note for d in deliveries}
     sent_order = [d.callback.sequence_id for d in deliveries]
     assert sent_order != sorted(sent_order)
-    entries = [fields for _, fields in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    entries = call_entries(redis_client, call_sid)
     sequence = [int(e["sequence_id"]) for e in entries]
     assert sorted(sequence) == list(range(1, len(entries) + 1))
     assert len(entries) == len({d.callback.sequence_id for d in deliveries})
@@ -138,7 +139,7 @@ def test_labels_in_track_and_an_error_mid_call(start_receiver, redis_client):
             outbound_track_label="agent",
         )
         assert emulator.wait(15)
-    entries = [fields for _, fields in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    entries = call_entries(redis_client, call_sid)
     assert [e["event"] for e in entries][-2:] == ["error", "stopped"]
     assert entries[-2]["error_code"] == "32655"
     content = [e for e in entries if e["event"] == "content"]

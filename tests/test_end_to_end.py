@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
+from .support.streams import call_entries
 from .support.twilio_calls import CALLBACK_PATH, content, sid, sign, whole_call
 
 pytestmark = pytest.mark.slow  # starts servers or processes
@@ -36,7 +37,7 @@ def test_whole_signed_call_over_http(start_receiver, redis_client, call_sid):
     for n, params in enumerate(events):
         response = send(server.url, params, method="GET" if n % 2 else "POST")
         assert response.status_code == 200, response.text
-    entries = [f for _, f in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    entries = call_entries(redis_client, call_sid)
     assert [e["event"] for e in entries] == ["started", *["content"] * (len(events) - 2), "stopped"]
     assert [e["sequence_id"] for e in entries] == [str(n) for n in range(1, len(events) + 1)]
     finals = [e for e in entries if e.get("final") == "true"]

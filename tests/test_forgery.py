@@ -20,6 +20,7 @@ from receiver.storage import open_store
 from receiver.storage.durable import Drainer, DurableWriter
 from receiver.storage.spool import Spool
 
+from .support.streams import call_entries
 from .support.twilio_calls import (
     CALLBACK_PATH,
     TOKEN,
@@ -62,7 +63,7 @@ def _multi(body: str) -> _Multi:
 
 
 def stored(redis_client, call_sid: str) -> list[dict]:
-    return [f for _id, f in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    return call_entries(redis_client, call_sid)
 
 
 # -- one captured callback cannot become several events -------------------------------------

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from .support.streams import call_entries
 from .support.twilio_calls import CALLBACK_PATH, content, sid, sign, whole_call
 
 pytestmark = pytest.mark.slow  # starts servers or processes
@@ -53,7 +54,7 @@ def test_one_call_across_two_receivers(start_receiver, redis_client, call_sid):
     assert outcomes.count("stored") == len(ordered_delivery)
     assert outcomes.count("duplicate") == len(ordered_delivery)
 
-    entries = [f for _, f in redis_client.xrange(f"rtt:call:{{{call_sid}}}")]
+    entries = call_entries(redis_client, call_sid)
     sequence_ids = sorted(int(e["sequence_id"]) for e in entries)
     assert sequence_ids == list(range(1, seq + 1))  # complete, and no duplicates
     assert redis_client.xlen("rtt:events") == seq

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import create_app
 from receiver.config import Settings
 from receiver.observability import logs
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 
 from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
 from .test_multi_instance import send

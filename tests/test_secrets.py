@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow  # starts servers or processes
 ACL_USER = "rtt-receiver"
 ACL_PASSWORD = "Acl-pässword-9f8e7d"
 # Least privilege for the receiver: its own keys, reads, writes, scripts, PING; nothing else.
-ACL_RULES = ["on", f">{ACL_PASSWORD}", "resetkeys", "~rtt:*", "-@all", "+@read", "+@write",
-             "+@scripting", "+ping"]  # fmt: skip
+ACL_RULES = ["on", f">{ACL_PASSWORD}", "resetkeys", "~rtt:*", "~{rtt:*", "-@all", "+@read",
+             "+@write", "+@scripting", "+ping"]  # fmt: skip
 
 
 def add_acl_user(server: EmbeddedRedis) -> None:

@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 
 from .support.twilio_calls import TOKEN, content, sid, sign
 

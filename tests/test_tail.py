@@ -22,7 +22,8 @@ import redis
 from click.testing import CliRunner
 
 from receiver.cli import main
-from receiver.server.embedded_redis import EmbeddedRedis, free_port
+from receiver.server.embedded_redis import EmbeddedRedis
+from receiver.server.network import free_port
 
 from .support.twilio_calls import callback, content, post, sid, whole_call
 
@@ -49,7 +50,12 @@ def test_json_one_call_from_start(client, redis_client, redis_server, call_sid):
     result = CliRunner().invoke(main, [*args, "--json", "--until-stopped"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert lines == entries(redis_client, f"rtt:call:{{{call_sid}}}")
+    # The call's record and its partial results, merged in the order they were stored.
+    stored = entries(redis_client, f"rtt:call:{{{call_sid}}}") + entries(
+        redis_client, f"rtt:call:{{{call_sid}}}:partials"
+    )
+    assert lines == sorted(stored, key=lambda e: tuple(map(int, e["entry_id"].split("-"))))
+    assert [e["sequence_id"] for e in lines] == [str(n) for n in range(1, 11)]
 
 
 def test_json_finals_only(client, redis_client, redis_server, call_sid):

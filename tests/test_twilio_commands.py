@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from receiver.cli import main
 from receiver.devtools.emulator import Emulator, EmulatorServer
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 
 from .support.twilio_calls import sid
 

@@ -20,6 +20,7 @@ COMMANDS = {
     "simulate": "receiver.cli.emulate:simulate",
     "tail": "receiver.cli.tail:tail",
     "demo": "receiver.cli.demo:demo",
+    "memory": "receiver.cli.memory:memory",
     "bench": "receiver.devtools.bench.measure:bench",
     "dashboard-bench": "receiver.dashboard.bench:dashboard_bench",
 }

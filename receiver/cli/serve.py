@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -14,19 +13,9 @@ import click
 from receiver.cli.options import listen_options
 from receiver.config import ConfigError, Settings, int_setting, load_settings, redact_url
 from receiver.server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from receiver.server.network import is_loopback
 from receiver.server.process import GUNICORN_CONFIG
 from receiver.views.callback import CALLBACK_PATH
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or a name) listens on this machine only."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to any interface
 
 
 def _check_exposure(host: str, settings: Settings) -> None:

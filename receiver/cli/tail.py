@@ -9,7 +9,7 @@ import click
 import redis
 
 from receiver.cli.options import json_option, redis_options
-from receiver.devtools.tail import BLOCK_MS, run, stream_key
+from receiver.devtools.tail import BLOCK_MS, run, stream_keys
 from receiver.protocol import SID_PATTERNS
 from receiver.storage.contract import Keys
 
@@ -43,12 +43,12 @@ def tail(redis_url, prefix, call_sid, finals_only, from_start, as_json, until_st
         )
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--redis-url") from None
-    key = stream_key(Keys(prefix), call_sid)
+    keys = stream_keys(Keys(prefix), call_sid)
     try:
         run(
             client,
             url=redis_url,
-            key=key,
+            keys=keys,
             from_start=from_start,
             finals_only=finals_only,
             as_json=as_json,
@@ -57,7 +57,7 @@ def tail(redis_url, prefix, call_sid, finals_only, from_start, as_json, until_st
     except KeyboardInterrupt:
         pass
     except redis.ResponseError as error:
-        raise click.ClickException(f"{key}: {error}") from None
+        raise click.ClickException(f"{', '.join(keys)}: {error}") from None
     except BrokenPipeError:
         # The reader went away (`| head`): leave quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

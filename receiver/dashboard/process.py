@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 from receiver.server.process import Served, start
 
 GUNICORN_CONFIG = "python:receiver.dashboard.gunicorn_conf"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from receiver.config import PREFIX_PATTERN, ConfigError, int_setting, redact_url
+from receiver.server.network import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8020
@@ -92,17 +92,6 @@ def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSe
         viewer_buffer=int_setting(env, "DASHBOARD_VIEWER_BUFFER", 2000, 10),
         low_confidence_percent=int_setting(env, "DASHBOARD_LOW_CONFIDENCE", 60, 0),
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a bind address) is reachable from this machine only."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: DashboardSettings, host: str) -> None:

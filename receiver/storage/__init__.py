@@ -44,6 +44,8 @@ def open_store(settings: Settings, client: redis.Redis | None = None, prefix: st
         settings.call_retention_seconds,
         settings.events_maxlen,
         settings.rejected_maxlen,
+        settings.partials_retention_seconds,
+        settings.max_event_age_seconds,
     )
 
 

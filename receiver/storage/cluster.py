@@ -1,30 +1,32 @@
-"""Redis Cluster: the same streams contract, stored in three slot-local steps.
+"""Redis Cluster: the same streams contract, stored in four slot-local steps.
 
 One Lua script can only touch keys of one slot. Every key of a call shares the hash tag
-``{CallSid}``, but the global stream ``rtt:events`` and the index ``rtt:calls:active`` live in
-slots of their own, and their names are promised to users. So on a cluster an event is stored
-in three steps, each one atomic script in one slot, each idempotent:
+``{CallSid}``, but the global stream ``rtt:events`` and the indexes ``rtt:calls:active`` and
+``rtt:calls:recent`` live in slots of their own, and their names are promised to users. So on a
+cluster an event is stored in four steps, each one atomic script in one slot, each idempotent:
 
-1. the call's slot (``cluster_call.lua``): exactly-once check, call stream, finals, labels,
-   transcription states. For a duplicate it returns the original entry (unless it is known to
-   be in ``rtt:events``) and the call's state.
+1. the call's slot (``cluster_call.lua``): exactly-once check, call stream or partials stream,
+   finals, labels, transcription states. For a duplicate it returns the original entry (unless
+   it is known to be in ``rtt:events``) and the call's state.
 2. the global stream's slot (``cluster_events.lua``): append to ``rtt:events`` unless this
-   call entry was appended in the last hour (``{rtt:events}:seen``, same slot by its hash tag);
+   entry was appended in the last hour (``{rtt:events}:seen``, same slot by its hash tag);
    then, back in the call's slot, mark the entry published (``…:published``), so that a retry
    or a spool replay, however late, does not ask again (a window cannot hold every entry ever
    appended, the call's own keys can: they expire with the call).
 3. the index's slot (``cluster_active.lua``): add or remove the call in ``rtt:calls:active``
    unless a newer state of that call was applied before (``{rtt:calls:active}:versions``).
+4. the dashboard index's slot (``cluster_recent.lua``): the call's latest time in
+   ``rtt:calls:recent`` (``ZADD GT``: never back in time).
 
-Steps 2 and 3 run for duplicates too: if a receiver died between the steps, Twilio got no 2xx
+Steps 2 to 4 run for duplicates too: if a receiver died between the steps, Twilio got no 2xx
 and retries, or the spool replays the event, and that completes what the first delivery
 started. The answer is sent only after all the steps, so a 2xx still means "stored everywhere".
+Dead letters need no steps: ``rtt:rejected`` and ``{rtt:rejected}:seen`` share a slot.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,22 +37,15 @@ from redis.exceptions import RedisClusterException
 
 from receiver.events import Event
 from receiver.storage.contract import Keys
-from receiver.storage.store import Outcome, Store, lua, store_args
+from receiver.storage.store import Outcome, Store, lua
 
 CALL_SCRIPT = lua("call_store.lua", "cluster_call.lua")
 EVENTS_SCRIPT = lua("cluster_events.lua")
 ACTIVE_SCRIPT = lua("cluster_active.lua")
+RECENT_SCRIPT = lua("cluster_recent.lua")
 # How long step 2 remembers which call entries it appended. It only has to cover the moment
 # between its append and the published mark in the call's slot: later, step 1 knows.
 EVENTS_DEDUP_WINDOW_MS = 3600 * 1000
-# The index of recent calls has a slot of its own too (its name is promised): one more step,
-# idempotent, after step 3. Calls idle for longer than the retention are trimmed.
-RECENT_SCRIPT = """
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
-local horizon = tonumber(ARGV[2]) - tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.0f', horizon))
-return 1
-"""
 PUBLISHED_SCRIPT = """
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -90,6 +85,7 @@ class ClusterKeys:
             k.transcriptions(call_sid),
             self.entries(call_sid),
             self.published(call_sid),
+            k.partials(call_sid),
         ]
 
 
@@ -147,47 +143,42 @@ def _text(value: bytes | str) -> str:
 
 @dataclass
 class ClusterStore(Store):
-    """``Store`` for a Redis Cluster: four round trips per event instead of one."""
+    """``Store`` for a Redis Cluster: five round trips per event instead of one."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.cluster_keys = ClusterKeys(self.keys)
         self._call = self.client.register_script(CALL_SCRIPT)
         self._events = self.client.register_script(EVENTS_SCRIPT)
         self._active = self.client.register_script(ACTIVE_SCRIPT)
-        self._published = self.client.register_script(PUBLISHED_SCRIPT)
         self._recent = self.client.register_script(RECENT_SCRIPT)
+        self._published = self.client.register_script(PUBLISHED_SCRIPT)
 
     def append(self, event: Event) -> Outcome:
-        args = store_args(
-            event, retention_seconds=self.retention_seconds, events_maxlen=self.events_maxlen
-        )
-        stored, entry_id, state_id, in_progress, *fields = self._call(
+        now_ms = self.now_ms()
+        args = self.args(event, now_ms)
+        stored, ref, state_id, in_progress, *fields = self._call(
             keys=self.cluster_keys.call_keys(event.call_sid), args=args
         )
-        if _text(entry_id):
+        if _text(ref):
             self._events(
                 keys=[self.keys.events, self.cluster_keys.events_seen],
                 args=[
                     self.events_maxlen,
-                    f"{event.call_sid}/{_text(entry_id)}",
-                    entry_id,
+                    f"{event.call_sid}/{_text(ref)}",
+                    ref,
                     EVENTS_DEDUP_WINDOW_MS,
-                    "call_entry_id",
-                    entry_id,
                     *fields,
                 ],
             )
             self._published(
                 keys=[self.cluster_keys.published(event.call_sid)],
-                args=[_text(entry_id), self.retention_seconds],
+                args=[_text(ref), self.retention_seconds],
             )
-        now_ms = int(time.time() * 1000)
+        retention_ms = self.retention_seconds * 1000
         self._active(
             keys=[self.keys.active_calls, self.cluster_keys.active_versions],
-            args=[event.call_sid, state_id, in_progress, now_ms, self.retention_seconds * 1000],
+            args=[event.call_sid, state_id, in_progress, now_ms, retention_ms],
         )
-        self._recent(
-            keys=[self.keys.recent_calls],
-            args=[event.call_sid, now_ms, self.retention_seconds * 1000],
-        )
+        self._recent(keys=[self.keys.recent_calls], args=[event.call_sid, now_ms, retention_ms])
         return "stored" if stored == 1 else "duplicate"

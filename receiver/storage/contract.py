@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from receiver.events import Event
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class Keys:
         return f"{self.prefix}:rejected"
 
     @property
+    def rejected_seen(self) -> str:
+        # The hash tag is the dead-letter stream's own name: the same cluster slot as it.
+        return f"{{{self.rejected}}}:seen"
+
+    @property
     def active_calls(self) -> str:
         return f"{self.prefix}:calls:active"
 
@@ -39,6 +45,9 @@ class Keys:
     def call(self, call_sid: str) -> str:
         # The braces are a Redis Cluster hash tag: every key of one call lives in one slot.
         return f"{self.prefix}:call:{{{call_sid}}}"
+
+    def partials(self, call_sid: str) -> str:
+        return f"{self.call(call_sid)}:partials"
 
     def seen(self, call_sid: str) -> str:
         return f"{self.call(call_sid)}:seen"
@@ -62,6 +71,7 @@ class Keys:
             self.finals(call_sid),
             self.active_calls,
             self.transcriptions(call_sid),
+            self.partials(call_sid),
             self.recent_calls,
         ]
 
@@ -89,6 +99,9 @@ def entry_fields(event: Event) -> list[str]:
             ("confidence", event.confidence),
             ("stability", event.stability),
             ("language_code", event.language_code),
+            ("provider_data", event.provider_data),
+            ("spoken_start", event.spoken_start),
+            ("spoken_end", event.spoken_end),
         ]
     pairs += list(event.settings.items())
     pairs += [("error_code", event.error_code), ("error_message", event.error_message)]
@@ -99,3 +112,13 @@ def entry_fields(event: Event) -> list[str]:
         if value is not None:
             flat += (name, value)
     return flat
+
+
+def finals_score(event: Event) -> str:
+    """The score of a final in the finals sorted set: the epoch ms of ``spoken_start`` when the
+    provider said when the words were spoken (orders both tracks as spoken), else SequenceId
+    (production order, exact within a track only); "" when neither is known."""
+    if event.spoken_start:
+        spoken = datetime.fromisoformat(event.spoken_start.replace("Z", "+00:00"))
+        return str(round(spoken.timestamp() * 1000))
+    return "" if event.sequence_id is None else str(event.sequence_id)

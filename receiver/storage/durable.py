@@ -12,9 +12,9 @@ replay at a time. It replays each record through the same ``Store`` calls and mo
 cursor past it only after Redis answered: every ``CONFIRM_EVERY`` events (one fsync per group
 keeps draining faster than spooling), after each dead letter, and when it stops. A crash replays
 at most the unconfirmed group, which the events' dedup key turns into no-op duplicates. Dead
-letters (``Store.reject``) are spooled the same way but have no dedup key, so a crash between
-Redis' answer and the cursor's rename can leave one dead letter twice in ``rtt:rejected``
-(never an event twice in the event streams).
+letters (``Store.reject``) are spooled the same way; their replay is a no-op too (the store
+keeps each signed request once). A retry of an event the spool already holds is not written
+again (``Spool.append`` returns False) and is answered ``spooled`` all the same: it is durable.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ Layout of ``SPOOL_DIR`` (a local disk; flock is not to be trusted on network fil
   ``spool.log`` with a new generation over the old one. A cursor naming an older generation
   means "from the start of the file", so any crash point leaves either the drained old file with
   its cursor or the fresh file read from its start: nothing skipped, nothing replayed.
+- ``held/<sha256 of the dedup key>``: an empty marker per event the spool holds, created with
+  ``O_CREAT|O_EXCL`` under ``spool.lock`` before the event is written. A Twilio retry of an
+  event already spooled finds the marker and is not written again (it is durable already); the
+  markers are removed when the file rotates, i.e. once everything was drained. A marker lost in
+  a crash only allows a second copy, which the dedup key makes a no-op on replay.
 - Torn tail: a process killed mid-append leaves an unterminated line that was never acknowledged
   (fsync had not returned). The next writer ends it with a newline and the drainer, whose CRC
   check fails on it, copies it to ``spool.unreadable`` instead of replaying it. A record that
@@ -37,6 +42,7 @@ Layout of ``SPOOL_DIR`` (a local disk; flock is not to be trusted on network fil
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -181,6 +187,7 @@ class Spool:
         self.drain_lock_path = self.directory / "drain.lock"
         self.cursor_path = self.directory / "cursor"
         self.unreadable_path = self.directory / "spool.unreadable"
+        self.held_path = self.directory / "held"
         self._depth_cache: tuple[tuple[int, ...], int] | None = None
 
     def _keep_private(self) -> None:
@@ -203,25 +210,51 @@ class Spool:
 
     # -- writers ---------------------------------------------------------------------------
 
-    def append(self, record: Record) -> None:
-        """Write ``record`` and fsync it; when this returns, a crash cannot lose it."""
+    def append(self, record: Record) -> bool:
+        """Write ``record`` and fsync it; when this returns, a crash cannot lose it. False when
+        the spool already holds this event (same dedup key): it is durable, nothing is written."""
         line = encode(record)
         with _flock(self.lock_path):
             if not self.log_path.exists():
                 self._new_file()
-            fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
+            marker = self._hold(record)
+            if marker is False:
+                return False
             try:
-                size = os.fstat(fd).st_size
-                if size + len(line) > self.max_bytes:
-                    raise SpoolError(
-                        f"spool {self.log_path} would exceed SPOOL_MAX_BYTES={self.max_bytes}"
-                    )
-                if size > HEADER_LENGTH and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # end the torn line a crashed writer left
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                self._write(line)
+            except BaseException:
+                if marker:
+                    marker.unlink(missing_ok=True)  # not held after all: a retry must be written
+                raise
+        return True
+
+    def _hold(self, record: Record) -> Path | bool | None:
+        """Create the event's marker (caller holds the lock): its path, None for a record
+        without a dedup key, False when the marker exists."""
+        if not isinstance(record, Event) or not record.dedup_key:
+            return None
+        self.held_path.mkdir(mode=0o700, exist_ok=True)
+        marker = self.held_path / hashlib.sha256(record.dedup_key.encode()).hexdigest()
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        return marker
+
+    def _write(self, line: bytes) -> None:
+        fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
+        try:
+            size = os.fstat(fd).st_size
+            if size + len(line) > self.max_bytes:
+                raise SpoolError(
+                    f"spool {self.log_path} would exceed SPOOL_MAX_BYTES={self.max_bytes}"
+                )
+            if size > HEADER_LENGTH and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # end the torn line a crashed writer left
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _new_file(self) -> str:
         """Put a fresh, empty spool.log with a new generation in place (caller holds the lock)."""
@@ -233,6 +266,12 @@ class Spool:
             os.fsync(out.fileno())
         os.replace(temporary, self.log_path)
         _fsync_dir(self.directory)
+        # The new file holds nothing: every event the markers named is in Redis (or was never
+        # spooled, when there was no file); a crash before this only leaves stale markers of
+        # events that Redis already has.
+        if self.held_path.is_dir():
+            for marker in self.held_path.iterdir():
+                marker.unlink(missing_ok=True)
         return generation
 
     def check(self) -> None:

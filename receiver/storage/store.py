@@ -3,18 +3,20 @@ stores the same contract on a Redis Cluster)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Literal
 
 import redis
 
 from receiver.events import Event, InvalidEvent
-from receiver.storage.contract import SCHEMA_VERSION, Keys, entry_fields
+from receiver.storage.contract import SCHEMA_VERSION, Keys, entry_fields, finals_score
 
 
 def lua(*names: str) -> str:
@@ -26,11 +28,22 @@ def lua(*names: str) -> str:
 
 
 STORE_SCRIPT = lua("call_store.lua", "store.lua")
+REJECT_SCRIPT = lua("reject.lua")
+# How long after MAX_EVENT_AGE_SECONDS an identity is kept: clock skew between Twilio and us.
+SEEN_MARGIN_SECONDS = 300
 
 Outcome = Literal["stored", "duplicate"]
 
 
-def store_args(event: Event, *, retention_seconds: int, events_maxlen: int) -> list[str]:
+def store_args(
+    event: Event,
+    *,
+    retention_seconds: int,
+    events_maxlen: int,
+    seen_seconds: int,
+    partials_seconds: int,
+    now_ms: int,
+) -> list[str]:
     """The ARGV of ``store.lua`` for ``event``, in its order."""
     explicit = event.track_label if event.label_is_explicit else None
     return [
@@ -46,11 +59,20 @@ def store_args(event: Event, *, retention_seconds: int, events_maxlen: int) -> l
         event.url_labels.outbound or "",
         "1" if event.final else "",
         "" if event.sequence_id is None else str(event.sequence_id),
-        str(int(time.time() * 1000)),
+        str(now_ms),
         event.settings.get("inbound_track_label", ""),
         event.settings.get("outbound_track_label", ""),
+        str(seen_seconds),
+        str(partials_seconds),
+        finals_score(event),
         *entry_fields(event),
     ]
+
+
+def rejection_digest(method: str, url: str, params: dict[str, list[str]]) -> str:
+    """A dead letter's identity: the same signed request, however often it comes, is one."""
+    canonical = [method.upper(), url, sorted((k, sorted(v)) for k, v in params.items())]
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass
@@ -62,10 +84,34 @@ class Store:
     retention_seconds: int
     events_maxlen: int
     rejected_maxlen: int
+    partials_retention_seconds: int = 300
+    max_event_age_seconds: int = 24 * 3600
+    # The receiver's clock, in seconds (index scores and trims); tests move it.
+    clock: Callable[[], float] = field(default=time.time)
 
     def __post_init__(self) -> None:
         self._script = self.client.register_script(STORE_SCRIPT)
+        self._reject = self.client.register_script(REJECT_SCRIPT)
         self._local = threading.local()
+
+    @property
+    def seen_seconds(self) -> int:
+        """How long identities outlive a call's last event (docs/storage.md)."""
+        return min(self.retention_seconds, self.max_event_age_seconds + SEEN_MARGIN_SECONDS)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def args(self, event: Event, now_ms: int) -> list[str]:
+        """The ARGV of the per-event script for ``event``, stored at ``now_ms``."""
+        return store_args(
+            event,
+            retention_seconds=self.retention_seconds,
+            events_maxlen=self.events_maxlen,
+            seen_seconds=self.seen_seconds,
+            partials_seconds=self.partials_retention_seconds,
+            now_ms=now_ms,
+        )
 
     def _connection(self) -> redis.Redis:
         """This thread's own connection from the client's pool, kept for the thread's life.
@@ -88,11 +134,10 @@ class Store:
 
     def append(self, event: Event) -> Outcome:
         """Store ``event`` unless its (TranscriptionSid, SequenceId) was stored before."""
-        args = store_args(
-            event, retention_seconds=self.retention_seconds, events_maxlen=self.events_maxlen
-        )
         entry_id = self._script(
-            keys=self.keys.store_keys(event.call_sid), args=args, client=self._connection()
+            keys=self.keys.store_keys(event.call_sid),
+            args=self.args(event, self.now_ms()),
+            client=self._connection(),
         )
         return "stored" if entry_id else "duplicate"
 
@@ -106,21 +151,30 @@ class Store:
         url: str,
     ) -> str:
         """Keep a signed callback that could not be normalized, with the reason, in the
-        dead-letter stream, so that nothing Twilio sent is lost."""
-        return self.client.xadd(
-            self.keys.rejected,
-            {
-                "schema": SCHEMA_VERSION,
-                "reason": str(error),
-                "field": error.field,
-                "received_at": received_at,
-                "method": method,
-                "url": url,
-                "params": json.dumps(params, ensure_ascii=False, sort_keys=True),
-            },
-            maxlen=self.rejected_maxlen,
-            approximate=True,
+        dead-letter stream, so that nothing Twilio sent is lost; once per request (a replayed
+        capture or a spool replay adds nothing). The entry id, or "" for such a repeat."""
+        fields = {
+            "schema": SCHEMA_VERSION,
+            "reason": str(error),
+            "field": error.field,
+            "received_at": received_at,
+            "method": method,
+            "url": url,
+            "params": json.dumps(params, ensure_ascii=False, sort_keys=True),
+        }
+        entry_id = self._reject(
+            keys=[self.keys.rejected, self.keys.rejected_seen],
+            args=[
+                rejection_digest(method, url, params),
+                self.now_ms(),
+                self.max_event_age_seconds * 1000,
+                self.rejected_maxlen,
+                *[item for pair in fields.items() for item in pair],
+            ],
         )
+        if isinstance(entry_id, bytes):
+            return entry_id.decode()
+        return entry_id or ""
 
     def ping(self) -> bool:
         return bool(self.client.ping())

@@ -17,6 +17,7 @@ import requests
 
 from receiver.protocol import is_retried
 
+from .streams import call_entries
 from .twilio_calls import CALLBACK_PATH, sid, sign, whole_call
 
 # Twilio retries these (error 17580); other 4xx are final.
@@ -122,7 +123,7 @@ def figures(client: redis.Redis, tally: Tally, prefix: str = "rtt") -> Figures:
     calls = {call for call, _ in tally.acknowledged}
     in_calls: Counter[tuple[str, str]] = Counter()
     for call in calls:
-        for _, entry in client.xrange(f"{prefix}:call:{{{call}}}"):
+        for entry in call_entries(client, call, prefix):
             in_calls[(entry["call_sid"], entry["sequence_id"])] += 1
     in_events: Counter[tuple[str, str]] = Counter(
         (entry["call_sid"], entry["sequence_id"])

@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from receiver.server.embedded_redis import EmbeddedRedis, free_port
+from receiver.server.embedded_redis import EmbeddedRedis
+from receiver.server.network import free_port
 
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 

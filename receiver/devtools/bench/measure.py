@@ -466,7 +466,10 @@ def consumer(redis_url: str, prefix: str, call_sids: Sequence[str]) -> Iterator[
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
     receive, send = context.Pipe(duplex=False)
-    keys = [Keys(prefix).call(sid) for sid in call_sids]
+    # A call's record and its partial results (schema 2 keeps them in two streams).
+    keys = [
+        key for sid in call_sids for key in (Keys(prefix).call(sid), Keys(prefix).partials(sid))
+    ]
     process = context.Process(target=_consume, args=(redis_url, keys, ready, stop, send))
     process.start()
     ready.wait(30)
@@ -626,6 +629,7 @@ def _stored(redis_url: str, prefix: str, call_sids: Sequence[str]) -> int:
         pipe = client.pipeline(transaction=False)
         for sid in call_sids:
             pipe.xlen(Keys(prefix).call(sid))
+            pipe.xlen(Keys(prefix).partials(sid))
         return sum(pipe.execute())
     finally:
         client.close()
@@ -939,7 +943,7 @@ def render(report: Report) -> None:
     )
     if report.stored is not None:
         facts.add_row(
-            "stored in the call streams",
+            "stored in the call and partials streams",
             f"{report.stored} of {report.sent} answered (+ any in flight when a phase ended)",
         )
     for when, rss in report.workers_rss_mib.items():

@@ -1,9 +1,10 @@
 -- The writes to one call's keys, shared by store.lua (one Redis: a single script, one round
--- trip) and cluster_call.lua (Redis Cluster: step 1 of 3). Every key here carries the hash tag
+-- trip) and cluster_call.lua (Redis Cluster: step 1). Every key here carries the hash tag
 -- {CallSid}, so they all live in the call's slot. Prepended to those scripts' text.
 --
--- k: stream, seen, labels, finals, transcriptions (key names); ARGV as documented in store.lua.
--- Returns the call stream entry id, its fields and whether the call is still in progress, or
+-- k: stream, seen, labels, finals, transcriptions, partials (key names); ARGV as documented in
+-- store.lua. Returns the entry id, its fields, whether the call is still in progress and whether
+-- the entry is a partial result (then the id is in the partials stream, not the call stream), or
 -- nil when the event was stored before.
 -- A call is in progress while any of its transcriptions is.
 local function call_in_progress(transcriptions)
@@ -18,7 +19,8 @@ local function store_call(k)
     return nil
   end
   local retention = tonumber(ARGV[2])
-  redis.call('EXPIRE', k.seen, retention)
+  -- Identities are needed only while a retry or a replay can still come (docs/storage.md).
+  redis.call('EXPIRE', k.seen, tonumber(ARGV[16]))
 
   local tsid = ARGV[5]
   local event = ARGV[6]
@@ -29,7 +31,7 @@ local function store_call(k)
   end
 
   local fields = {}
-  for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = 19, #ARGV do fields[#fields + 1] = ARGV[i] end
 
   local track, label = ARGV[7], ARGV[8]
   if event == 'content' then
@@ -53,19 +55,37 @@ local function store_call(k)
     if label ~= '' then fields[#fields + 1] = 'track_label'; fields[#fields + 1] = label end
   end
 
-  local id = redis.call('XADD', k.stream, '*', unpack(fields))
+  local partial = event == 'content' and ARGV[11] ~= '1'
+  local id
+  if partial then
+    -- A live feed, not a record: its own stream, trimmed by age (whole nodes from the head,
+    -- which frees memory) and gone PARTIALS_RETENTION_SECONDS after the last partial. The
+    -- cutoff comes from this entry's id (the server's ms), never from a receiver's clock.
+    local keep = tonumber(ARGV[17])
+    id = redis.call('XADD', k.partials, '*', unpack(fields))
+    local cutoff = tonumber(string.match(id, '^(%d+)')) - keep * 1000
+    if cutoff > 0 then
+      redis.call('XTRIM', k.partials, 'MINID', '~', string.format('%.0f', cutoff))
+    end
+    redis.call('EXPIRE', k.partials, keep)
+  else
+    id = redis.call('XADD', k.stream, '*', unpack(fields))
+  end
   redis.call('EXPIRE', k.stream, retention)
 
-  if event == 'content' and ARGV[11] == '1' and ARGV[12] ~= '' then
-    local text, confidence = '', ''
-    for i = 1, #fields, 2 do
-      if fields[i] == 'transcript' then text = fields[i + 1] end
-      if fields[i] == 'confidence' then confidence = fields[i + 1] end
-    end
-    redis.call('ZADD', k.finals, tonumber(ARGV[12]), cjson.encode({
+  if event == 'content' and not partial and ARGV[18] ~= '' then
+    local final = {
       transcription_sid = tsid, sequence_id = tonumber(ARGV[12]), track = track,
-      track_label = label, transcript = text, confidence = confidence, entry_id = id,
-    }))
+      track_label = label, transcript = '', confidence = '', entry_id = id,
+    }
+    for i = 1, #fields, 2 do
+      local name = fields[i]
+      if name == 'transcript' or name == 'confidence' or name == 'spoken_start'
+          or name == 'spoken_end' then
+        final[name] = fields[i + 1]
+      end
+    end
+    redis.call('ZADD', k.finals, tonumber(ARGV[18]), cjson.encode(final))
   end
   -- Every key of the call lives as long as the call's latest event (EXPIRE of a key that does
   -- not exist does nothing), so labels and finals never expire before the stream does.
@@ -83,5 +103,5 @@ local function store_call(k)
     active = true
   end
   redis.call('EXPIRE', k.transcriptions, retention)
-  return id, fields, active or call_in_progress(k.transcriptions)
+  return id, fields, active or call_in_progress(k.transcriptions), partial
 end

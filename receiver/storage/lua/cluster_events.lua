@@ -1,9 +1,9 @@
--- Redis Cluster, step 2 of 3: append to the global stream, at most once per call entry.
+-- Redis Cluster, step 2: append to the global stream, at most once per call entry.
 -- Both keys live in the slot of the global stream: KEYS[2] is "{<prefix>:events}:seen", whose
 -- hash tag is the global stream's own name.
 --
 -- KEYS[1] global events stream   KEYS[2] seen sorted set (member -> ms when appended)
--- ARGV[1] MAXLEN   ARGV[2] member (CallSid/entry id)   ARGV[3] call stream entry id
+-- ARGV[1] MAXLEN   ARGV[2] member (CallSid/entry ref)   ARGV[3] entry ref (step 1)
 -- ARGV[4] dedup window, ms   ARGV[5..] field, value, ... of the entry (call_entry_id first)
 --
 -- Returns the global entry id, or false when it was appended within the window. Beyond the

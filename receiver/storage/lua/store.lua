@@ -1,35 +1,41 @@
 -- Append one normalized transcription event, exactly once, in one atomic step (one Redis).
--- Runs after call_store.lua, whose text is prepended (streams.STORE_SCRIPT).
+-- Runs after call_store.lua, whose text is prepended (store.STORE_SCRIPT).
 --
 -- KEYS[1] call stream        KEYS[2] global events stream   KEYS[3] seen set (dedup)
 -- KEYS[4] labels hash         KEYS[5] finals sorted set       KEYS[6] active calls sorted set
 -- KEYS[7] transcriptions hash (TranscriptionSid -> active | stopped)
--- KEYS[8] recent calls sorted set (CallSid -> ms of its latest event)
+-- KEYS[8] partials stream     KEYS[9] recent calls sorted set
 --
 -- ARGV[1] dedup key           ARGV[2] retention seconds       ARGV[3] events MAXLEN
 -- ARGV[4] CallSid             ARGV[5] TranscriptionSid        ARGV[6] event
 -- ARGV[7] track (inbound | outbound | "")                     ARGV[8] label sent in Track
 -- ARGV[9] URL inbound label   ARGV[10] URL outbound label     ARGV[11] final ("1" | "")
 -- ARGV[12] SequenceId or ""   ARGV[13] now, ms                ARGV[14] started: inbound label
--- ARGV[15] started: outbound label
--- ARGV[16..] field, value, ... of the stream entry (without track and track_label)
+-- ARGV[15] started: outbound label                            ARGV[16] seen set lifetime, s
+-- ARGV[17] partials retention, s                              ARGV[18] finals score or ""
+-- ARGV[19..] field, value, ... of the stream entry (without track and track_label)
 --
--- Returns the call stream entry id, or false when the event was stored before.
+-- Returns the entry id (call stream, or partials stream for a partial result), or false when
+-- the event was stored before.
 
-local id, fields, active = store_call({
+local id, fields, active, partial = store_call({
   stream = KEYS[1], seen = KEYS[3], labels = KEYS[4], finals = KEYS[5], transcriptions = KEYS[7],
+  partials = KEYS[8],
 })
 if not id then
   return false
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'call_entry_id', id, unpack(fields))
+local id_field = partial and 'partials_entry_id' or 'call_entry_id'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', id_field, id, unpack(fields))
+local now = tonumber(ARGV[13])
 if active then
-  redis.call('ZADD', KEYS[6], tonumber(ARGV[13]), ARGV[4])
+  redis.call('ZADD', KEYS[6], now, ARGV[4])
 else
   redis.call('ZREM', KEYS[6], ARGV[4])
 end
--- Calls whose latest event is older than the retention: their keys are gone too.
-redis.call('ZADD', KEYS[8], tonumber(ARGV[13]), ARGV[4])
-local horizon = tonumber(ARGV[13]) - tonumber(ARGV[2]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. string.format('%.0f', horizon))
+redis.call('ZADD', KEYS[9], 'GT', now, ARGV[4])
+-- A call without an event for the retention leaves both indexes, as its keys expire.
+local horizon = '(' .. string.format('%.0f', now - tonumber(ARGV[2]) * 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', horizon)
+redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', horizon)
 return id
