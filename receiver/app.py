@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -40,7 +41,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
+    spool = (
+        Spool(Path(settings.spool_dir), settings.spool_max_bytes) if settings.spool_dir else None
+    )
     writer = DurableWriter(store, spool, account_stores(settings, store))
     receiver = Receiver(settings, store, writer)
     app.extensions["receiver"] = receiver

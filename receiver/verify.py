@@ -128,7 +128,7 @@ def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
         params = req.args.to_dict(flat=False)
         for name in LABEL_PARAMS:
             params.pop(name, None)
-    account = (params.get("AccountSid") or [None])[0]
+    account = next(iter(params.get("AccountSid", ())), None)
     if not signature.is_valid(
         url,
         form,

@@ -10,6 +10,7 @@ every viewer (p50, p99, max), events missed, and the dashboard's memory (RSS).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -64,7 +65,7 @@ class Viewers:
         self.connected = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.tasks: list[asyncio.Future] = []
+        self.tasks: list[concurrent.futures.Future] = []
 
     async def _view(self, n: int) -> None:
         reader, writer = await asyncio.open_connection(self.parts.hostname, self.parts.port)

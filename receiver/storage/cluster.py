@@ -134,7 +134,7 @@ class LazyCluster:
 
 def connect(url: str, **options: Any) -> redis.Redis:
     """A cluster client from a ``redis://`` or ``rediss://`` URL naming any one node."""
-    return LazyCluster(url, **options)  # type: ignore[return-value]
+    return LazyCluster(url, **options)
 
 
 def _text(value: bytes | str) -> str:

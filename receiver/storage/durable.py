@@ -49,7 +49,7 @@ class StorageUnavailable(Exception):
 def account_of(record: Record) -> str | None:
     """The AccountSid a record belongs to (a dead letter's, from its signed parameters)."""
     if isinstance(record, Rejection):
-        return (record.params.get("AccountSid") or [None])[0]
+        return next(iter(record.params.get("AccountSid", ())), None)
     return record.account_sid
 
 

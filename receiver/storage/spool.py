@@ -223,7 +223,7 @@ class Spool:
             try:
                 self._write(line)
             except BaseException:
-                if marker:
+                if isinstance(marker, Path):
                     marker.unlink(missing_ok=True)  # not held after all: a retry must be written
                 raise
         return True

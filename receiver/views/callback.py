@@ -46,7 +46,7 @@ def _start_background() -> None:
 # No automatic OPTIONS answer: it would be a 200 that no signature checked (and counted).
 @bp.route(CALLBACK_PATH, methods=["GET", "POST"], provide_automatic_options=False)
 def callback() -> Response:
-    receiver, req = current(), request._get_current_object()  # one proxy lookup, not dozens
+    receiver, req = current(), request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup, not dozens
     if req.method == "HEAD":
         # Flask answers HEAD with the GET view; a HEAD carrying a GET callback's signature
         # would store the event. Twilio never sends one.
