@@ -9,6 +9,7 @@ from urllib.parse import quote, urlencode
 import pytest
 import requests
 
+from .support.streams import call_entries
 from .support.twilio_calls import CALLBACK_PATH, callback, content, sid, sign
 
 pytestmark = pytest.mark.slow  # starts gunicorn
@@ -35,7 +36,7 @@ def test_folded_and_appended_copies_of_a_callback_store_nothing_new(
     for data in forged:
         answer = requests.post(url, data=data, headers=headers, timeout=10)
         assert answer.status_code == 400, data[-40:]
-    assert redis_client.xlen(f"rtt:call:{{{call_sid}}}") == 1
+    assert len(call_entries(redis_client, call_sid)) == 1
     assert redis_client.xlen("rtt:events") == 1
 
 
