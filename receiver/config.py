@@ -143,16 +143,20 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}={raw!r} must be 1 or 0 (true/false, yes/no)")
 
 
+def secret(env: Mapping[str, str], name: str) -> str:
+    """A secret from ``<name>_FILE`` (Docker and Kubernetes secrets) when that is set, else
+    from ``<name>``; a file that cannot be read is a ConfigError naming it."""
+    path = env.get(f"{name}_FILE", "").strip()
+    if not path:
+        return env.get(name, "")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{name}_FILE={path!r} cannot be read: {error.strerror}") from None
+
+
 def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = env.get("TWILIO_AUTH_TOKEN", "")
-    path = env.get("TWILIO_AUTH_TOKEN_FILE", "").strip()
-    if path:
-        try:
-            raw = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"TWILIO_AUTH_TOKEN_FILE={path!r} cannot be read: {exc.strerror}"
-            ) from None
+    raw = secret(env, "TWILIO_AUTH_TOKEN")
     return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
 
 

@@ -18,7 +18,7 @@ import pytest
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
 
 from .support.dashboard_stack import PASSWORD, Stack
-from .support.twilio_calls import TOKEN, callback, content, sid
+from .support.twilio_calls import TOKEN, callback, content, sid, started
 
 pytestmark = pytest.mark.slow  # starts servers, processes and a browser
 
@@ -74,21 +74,6 @@ def keep(page, directory: Path, name: str) -> Path:
         Path(wanted).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(wanted) / name)
     return path
-
-
-def started(call_sid: str, gt: str) -> dict[str, str]:
-    return callback(
-        "started",
-        call_sid,
-        gt,
-        1,
-        Name="support",
-        Track="both_tracks",
-        LanguageCode="en-US",
-        PartialResults="true",
-        InboundTrackLabel="customer",
-        OutboundTrackLabel="agent",
-    )
 
 
 def test_no_credentials_gets_401(stack, browser):

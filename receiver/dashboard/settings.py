@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from receiver.config import PREFIX_PATTERN, ConfigError, int_setting, redact_url
+from receiver.config import PREFIX_PATTERN, ConfigError, int_setting, redact_url, secret
 from receiver.server.network import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
@@ -40,19 +39,6 @@ class DashboardSettings:
         )
 
 
-def _password(env: Mapping[str, str]) -> str | None:
-    path = env.get("DASHBOARD_PASSWORD_FILE", "").strip()
-    if path:
-        try:
-            raw = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise ConfigError(
-                f"DASHBOARD_PASSWORD_FILE={path!r} cannot be read: {error.strerror}"
-            ) from None
-        return raw.strip() or None
-    return env.get("DASHBOARD_PASSWORD", "") or None
-
-
 def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSettings:
     """Every setting of the dashboard from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -68,7 +54,7 @@ def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSe
         raise ConfigError(
             f"STREAM_PREFIX={prefix!r} may hold only letters, digits and _ . : - (1 to 64)"
         )
-    password = _password(env)
+    password = secret(env, "DASHBOARD_PASSWORD").strip() or None
     mode = env.get("DASHBOARD_AUTH", "").strip().lower()
     if mode not in ("", "basic", "proxy"):
         raise ConfigError(f"DASHBOARD_AUTH={mode!r} must be basic or proxy (or unset)")

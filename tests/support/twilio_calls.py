@@ -64,23 +64,26 @@ def content(
     return callback("content", call_sid, transcription_sid, seq, **{**params, **fields})
 
 
+def started(call_sid: str, transcription_sid: str) -> dict[str, str]:
+    """A both-track transcription with partial results, labelled customer / agent."""
+    return callback(
+        "started",
+        call_sid,
+        transcription_sid,
+        1,
+        Name="support",
+        Track="both_tracks",
+        LanguageCode="en-US",
+        PartialResults="true",
+        InboundTrackLabel="customer",
+        OutboundTrackLabel="agent",
+        TranscriptionEngine="google",
+    )
+
+
 def whole_call(call_sid: str, transcription_sid: str) -> list[dict[str, str]]:
     """A short two-party call: started, partials and finals on both tracks, stopped."""
-    events = [
-        callback(
-            "started",
-            call_sid,
-            transcription_sid,
-            1,
-            Name="support",
-            Track="both_tracks",
-            LanguageCode="en-US",
-            PartialResults="true",
-            InboundTrackLabel="customer",
-            OutboundTrackLabel="agent",
-            TranscriptionEngine="google",
-        )
-    ]
+    events = [started(call_sid, transcription_sid)]
     seq = 2
     for track, words in (
         ("inbound_track", "hello I need help"),
