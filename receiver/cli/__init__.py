@@ -110,7 +110,7 @@ main.add_command(demo)
 
 
 def _bench() -> click.Command:
-    from receiver.devtools.bench.measure import bench
+    from receiver.cli.bench import bench
 
     return bench
 
