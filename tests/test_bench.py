@@ -172,7 +172,8 @@ def test_table_names_every_figure(capsys: pytest.CaptureFixture[str]):
     )
     render(report)
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("2.00x (3,000 / 1,500", "0.75x (3,000 / 4,000", "750 at 4.0 callbacks/s", "40.0 MiB", "41.0 MiB", "3000 of 3000"):
+    expected = ("2.00x (3,000 / 1,500", "0.75x (3,000 / 4,000", "750 at 4.0 callbacks/s")
+    for text in (*expected, "40.0 MiB", "41.0 MiB", "3000 of 3000"):
         assert text in out
 
 

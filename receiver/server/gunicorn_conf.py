@@ -57,7 +57,8 @@ try:
     threads = int_setting(os.environ, "GUNICORN_THREADS", 4, 1)
 except ConfigError as error:
     raise SystemExit(f"rtt-receiver: {error}") from None
-worker_class = "gthread"
+worker_class = "gevent"
+worker_connections = 1000  # per worker: connections served at once, each a greenlet
 keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
 timeout = 30
 graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish

@@ -40,6 +40,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
@@ -137,7 +138,17 @@ def decode(line: bytes) -> Record:
 
 
 @contextmanager
-def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+def _flock(
+    path: Path, *, blocking: bool = True, local: threading.Lock | None = None
+) -> Iterator[bool]:
+    """``flock`` on ``path``, between processes. ``local`` serializes this process' callers
+    first: under gevent they are greenlets of one thread, and one blocked in ``flock`` behind
+    another of the same process would block the thread that must release it."""
+    if local is not None:
+        with local:
+            with _flock(path, blocking=blocking) as held:
+                yield held
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -174,13 +185,14 @@ class Spool:
         self.cursor_path = self.directory / "cursor"
         self.unreadable_path = self.directory / "spool.unreadable"
         self._depth_cache: tuple[tuple[int, ...], int] | None = None
+        self._lock = threading.Lock()  # see _flock
 
     # -- writers ---------------------------------------------------------------------------
 
     def append(self, record: Record) -> None:
         """Write ``record`` and fsync it; when this returns, a crash cannot lose it."""
         line = encode(record)
-        with _flock(self.lock_path):
+        with _flock(self.lock_path, local=self._lock):
             if not self.log_path.exists():
                 self._new_file()
             fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
@@ -255,7 +267,7 @@ class Spool:
     def read_batch(self) -> tuple[str, list[Entry]]:
         """The generation and the next unconfirmed records, oldest first (at most
         ``BATCH_BYTES``, always at least one whole record)."""
-        with _flock(self.lock_path):
+        with _flock(self.lock_path, local=self._lock):
             if not self.log_path.exists():
                 return "", []
             fd = os.open(self.log_path, os.O_RDONLY)
@@ -305,7 +317,7 @@ class Spool:
 
     def rotate_if_drained(self) -> bool:
         """Start a fresh file once every record is confirmed, so the spool does not grow."""
-        with _flock(self.lock_path):
+        with _flock(self.lock_path, local=self._lock):
             if not self.log_path.exists():
                 return True
             with self.log_path.open("rb") as spool:

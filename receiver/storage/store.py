@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ def lua(*names: str) -> str:
 STORE_SCRIPT = lua("call_store.lua", "store.lua")
 
 Outcome = Literal["stored", "duplicate"]
+
+
+def _evented() -> bool:
+    """Whether gevent has patched threading (gunicorn's gevent worker)."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    return bool(gevent_monkey and gevent_monkey.is_module_patched("threading"))
 
 
 def store_args(event: Event, *, retention_seconds: int, events_maxlen: int) -> list[str]:
@@ -75,6 +82,8 @@ class Store:
         event, measured with ``receiver bench``. Other clients (e.g. a cluster's) are used as
         they are.
         """
+        if _evented():
+            return self.client  # greenlet-local would be one connection per request
         pid, client = getattr(self._local, "client", (None, None))
         if client is None or pid != os.getpid():  # never a socket inherited across a fork
             if type(self.client) is redis.Redis:
