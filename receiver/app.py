@@ -10,7 +10,9 @@ from receiver.config import Settings, load_settings
 from receiver.observability import logs, metrics, telemetry
 from receiver.storage import open_store
 from receiver.storage.durable import DurableWriter
+from receiver.storage.group_commit import GroupCommit
 from receiver.storage.spool import Spool
+from receiver.storage.store import Store
 from receiver.views.callback import CALLBACK_PATH
 from receiver.views.services import Receiver
 
@@ -35,7 +37,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
     spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
-    receiver = Receiver(settings, store, DurableWriter(store, spool))
+    # Group commit pipelines the single-Redis script; a cluster's steps go slot by slot.
+    group = GroupCommit(store) if type(store) is Store else None
+    receiver = Receiver(settings, store, DurableWriter(store, spool, group))
     app.extensions["receiver"] = receiver
     views.register(app)
     live = metrics.LiveState(store.client, store.keys.active_calls, receiver.spool_depth)

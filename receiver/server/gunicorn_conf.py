@@ -160,9 +160,12 @@ def worker_exit(server, worker):
     """After a worker's in-flight requests finished (SIGTERM, SIGHUP reload, max requests):
     stop its spool drainer, which confirms the record in hand and releases the drain lock, so
     another worker or the next receiver takes over with nothing lost or replayed twice."""
+    from receiver.observability import logs, metrics
     from receiver.storage.durable import stop_drainers
 
     stop_drainers()
+    metrics.flush()
+    logs.flush()
 
 
 def child_exit(server, worker):

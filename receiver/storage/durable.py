@@ -29,6 +29,7 @@ import redis
 
 from receiver.events import Event
 from receiver.observability import metrics
+from receiver.storage.group_commit import GroupCommit
 from receiver.storage.spool import Record, Rejection, Spool
 from receiver.storage.store import Outcome, Store
 
@@ -49,16 +50,46 @@ class StorageUnavailable(Exception):
 class DurableWriter:
     store: Store
     spool: Spool | None = None
+    # Batches concurrent callbacks' events into one Redis round trip (single Redis only).
+    group: GroupCommit | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     # The last reason the spool refused a record, until it takes one again (for /readyz).
     spool_error: str | None = None
     _outage: bool = False
+    # Whether the spool may hold records, kept in memory so that a callback asks no file
+    # system: set by this process' appends, refreshed by its drainer's poll (``refresh``),
+    # which also sees other processes' appends. None: no drainer watches, ask the file.
+    _pending: bool | None = None
+    _appends: int = 0
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spool_pending(self) -> bool:
+        if self.spool is None:
+            return False
+        if self._pending is None:
+            return self.spool.pending()
+        return self._pending
+
+    def refresh(self) -> bool:
+        """Read the spool's state from its file into the in-memory flag; True if pending.
+        An append racing with the read keeps the flag set (its count moved)."""
+        assert self.spool is not None
+        appends = self._appends
+        pending = self.spool.pending()
+        with self._pending_lock:
+            self._pending = pending or appends != self._appends
+            return self._pending
+
+    def unwatch(self) -> None:
+        """No drainer refreshes the flag any more: callbacks ask the file again."""
+        with self._pending_lock:
+            self._pending = None
 
     def write(self, record: Record) -> Written:
         """Store an event or a rejection durably; ``spooled`` when it went to the spool."""
         if self.spool is None:
             return self._to_redis(record)  # a RedisError becomes a 503
-        if not self.spool.pending():
+        if not self.spool_pending():
             try:
                 outcome = self._to_redis(record)
             except redis.RedisError as error:
@@ -68,12 +99,17 @@ class DurableWriter:
                 self._outage = False
                 return outcome
         try:
+            with self._pending_lock:
+                self._appends += 1
             self.spool.append(record)
         except OSError as error:
             self.spool_error = str(error)
             log.error("spool %s cannot take a record: %s", self.spool.directory, error)
             raise StorageUnavailable(str(error)) from error
         self.spool_error = None
+        with self._pending_lock:
+            if self._pending is not None:
+                self._pending = True
         self.wake.set()
         return "spooled"
 
@@ -87,6 +123,8 @@ class DurableWriter:
                 url=record.url,
             )
             return "stored"
+        if self.group is not None:
+            return self.group.append(record)
         return self.store.append(record)
 
     def _note_outage(self, error: redis.RedisError) -> None:
@@ -133,6 +171,7 @@ class Drainer:
         self.writer.wake.set()
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        self.writer.unwatch()
         _running.discard(self)
 
     def _wait(self, seconds: float) -> None:
@@ -142,7 +181,7 @@ class Drainer:
     def _run(self) -> None:
         backoff, paused = BACKOFF_SECONDS[0], False
         while not self._stop.is_set():
-            if not self.spool.pending():
+            if not self.writer.refresh():
                 self._wait(self.poll_seconds)
                 continue
             try:

@@ -145,9 +145,8 @@ def _flock(
     first: under gevent they are greenlets of one thread, and one blocked in ``flock`` behind
     another of the same process would block the thread that must release it."""
     if local is not None:
-        with local:
-            with _flock(path, blocking=blocking) as held:
-                yield held
+        with local, _flock(path, blocking=blocking) as held:
+            yield held
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
