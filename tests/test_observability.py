@@ -203,7 +203,7 @@ def test_metrics_add_up_across_gunicorn_workers(start_receiver, tmp_path, call_s
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert sum(1 for line in lines if line.get("msg") == "callback") == 31
     assert any(line["logger"] == "gunicorn.error" for line in lines)  # gunicorn's own, as JSON
-    assert all(line.startswith("{") for line in log.splitlines() if line.strip()), [l for l in log.splitlines() if l.strip() and not l.startswith("{")]
+    assert all(line.startswith("{") for line in log.splitlines() if line.strip())
     assert SECRET_TEXT not in log
 
 
