@@ -39,6 +39,8 @@ import shutil
 import sys
 import tempfile
 
+from gunicorn import glogging
+
 from receiver.config import ConfigError, int_setting
 
 # Set before any worker imports prometheus_client, which reads it at import time. The second
@@ -118,6 +120,55 @@ def _bound_silent_clients() -> None:
 
 
 _bound_silent_clients()
+
+
+def _one_write_per_answer() -> None:
+    """gunicorn writes a response's headers and its body with two ``sendall`` calls; a
+    callback's answer is a small body of known length, so send both in one (a system call and
+    a TCP segment less per callback, measured with py-spy: about a tenth of a worker's time
+    went to those two sends). Answers without a body, chunked or longer ones keep gunicorn's
+    path."""
+    from gunicorn import util
+    from gunicorn.http import wsgi
+
+    write = wsgi.Response.write
+
+    def write_once(self: wsgi.Response, arg: bytes) -> None:
+        if (
+            self.headers_sent
+            or self.chunked
+            or self._omits_body
+            or not isinstance(arg, bytes)
+            or self.response_length is None
+            or len(arg) != self.response_length
+        ):
+            return write(self, arg)
+        head = self.default_headers()
+        head.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        util.write(self.sock, util.to_bytestring("".join(head) + "\r\n", "latin-1") + arg)
+        self.headers_sent = True
+        self.sent += len(arg)
+        return None
+
+    wsgi.Response.write = write_once
+
+
+_one_write_per_answer()
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, which builds an access-log line for every request whenever a
+    ``logconfig_dict`` is set, even though the dict below drops it: skipped when the access
+    logger would drop it anyway (about 5% of a worker's time, measured with py-spy)."""
+
+    def setup(self, cfg: object) -> None:
+        super().setup(cfg)
+        self._access_log_enabled = self._access_log_enabled and self.access_log.isEnabledFor(
+            logging.INFO
+        )
+
+
+logger_class = Logger
 
 
 def on_starting(server):
