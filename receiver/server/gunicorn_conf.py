@@ -5,32 +5,24 @@ Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'` in a checkout
 (what `receiver serve` runs): the settings live in the package so that both work.
 
 Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
-WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4);
-LOG_LEVEL, LOG_FORMAT (see receiver/logs.py); PROMETHEUS_MULTIPROC_DIR (see below).
+WEB_CONCURRENCY (workers, default 2); GUNICORN_THREADS (threads per worker, default 4, used only
+when the worker class is gthread: GUNICORN_CMD_ARGS="--worker-class gthread");
+LOG_LEVEL, LOG_FORMAT (see receiver/observability/logs.py); PROMETHEUS_MULTIPROC_DIR (below).
 
 Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so that /metrics
 adds up all workers. When it is not set, a private directory is created here and removed on
 exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
 
-Worker class and counts: gthread, 2 workers x 4 threads, chosen with `receiver bench` (README,
-"Performance") on a 2-core machine shared with other jobs (load average 4 to 9), comparing the
-gunicorn CPU time per stored callback, which such sharing hardly moves, where req/s swung by 2x:
-
-    gthread 2 x 4   832-902 us (8 runs)    sync 2    902-926 us (3 runs)
-    gthread 2 x 2   961 us                 sync 3    876 us
-    gthread 2 x 1   955 us                 sync 4    912-915 us (2 runs)
-    gthread 3 x 1   1006 us                (the empty route: 310-430 us, any class)
-    gthread 4 x 2   966-1034 us
-
-2 x 4 cost as little as any (sync 3's single run lies inside its range) and less than the other
-gthread shapes: each callback waits once on Redis, and threads fill those waits without more
-processes competing for 2 cores.
-Sync workers had a lower p99 at 1,000 req/s offered in those runs (23-35 ms against 27-66 ms,
-all far above the goal, because the cores were shared); they were not chosen because they
-close the connection after every answer (no keep-alive) and let one slow client hold a whole
-process, which matters when Twilio reaches the receiver without a buffering proxy. To try them:
-GUNICORN_CMD_ARGS="--worker-class sync". Scale with WEB_CONCURRENCY = cores (Redis needs CPU
-too: about 100 us per callback, from the same bench).
+Worker class: gevent, 2 workers, up to 1,000 connections each. Chosen by two measurements
+(docs/performance.md). Slow clients: with gthread (2 x 4 threads), 20 connections trickling a
+body and 20 trickling headers, plus 100 idle connections a second, kept every signed callback
+waiting past a 10 s deadline (tests/test_slow_clients.py); with gevent each such connection is
+a greenlet, and the callbacks were answered in 4-17 ms. Speed: in alternating runs of the same
+load on the shared 2-core machine, gevent spent 1,402-1,628 us of gunicorn CPU and 148-151 us of
+Redis CPU per stored callback against gthread's 1,488-1,644 us and 173-234 us, and answered
+more (group commit batches a worker's concurrent callbacks, and a gevent worker has more of
+them in flight than 4 threads). Every reliability and fault test runs with it. Scale with
+WEB_CONCURRENCY = cores (Redis needs CPU too).
 """
 
 import logging
@@ -109,10 +101,11 @@ if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
 
 
 def _bound_silent_clients() -> None:
-    """A gthread worker gives each new connection a thread for up to 5 s while it waits for the
-    first bytes, so a few dozen silent connections stall every callback. Waiting 0.25 s and then
-    parking the connection on the poller (what gunicorn does after its wait anyway) keeps
-    threads for clients that talk. Trickling clients still hold a thread: see the README."""
+    """For GUNICORN_CMD_ARGS="--worker-class gthread" only: a gthread worker gives each new
+    connection a thread for up to 5 s while it waits for the first bytes, so a few dozen silent
+    connections stall every callback. Waiting 0.25 s and then parking the connection on the
+    poller keeps threads for clients that talk; trickling clients still hold one each, which is
+    why the default worker is gevent (see the docstring above)."""
     from gunicorn.workers import gthread
 
     if hasattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT"):
