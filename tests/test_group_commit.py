@@ -145,3 +145,14 @@ def test_many_threads_store_everything_exactly_once(redis_server, redis_client, 
     assert sorted(outcomes) == sorted(["stored"] * count + ["duplicate"] * count)
     assert redis_client.xlen(Keys().call(call)) == count
     assert group.batches <= 2 * count
+
+
+def test_a_redis_restart_between_batches_does_not_fail_the_next(own_redis):
+    """The pooled connection died with the old Redis: the next batch goes on a new one instead
+    of failing a batch of callbacks over to the spool."""
+    store = store_for(own_redis.url)
+    call, gt = sid("CA"), sid("GT")
+    assert store.append_many([event(call, gt, 1)]) == ["stored"]
+    own_redis.kill()
+    own_redis.start()
+    assert store.append_many([event(call, gt, 2), event(call, gt, 1)]) == ["stored", "duplicate"]
