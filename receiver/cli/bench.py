@@ -53,7 +53,7 @@ from receiver.devtools.bench.traffic import EVENTS_PER_CALL
     type=click.IntRange(1),
     default=1,
     show_default=True,
-    help="Interleaved (baseline, receiver) rounds; medians are reported.",
+    help="Alternating (empty route, peer, receiver) rounds; medians are reported.",
 )
 @click.option(
     "--connections",
