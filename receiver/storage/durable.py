@@ -72,7 +72,8 @@ class DurableWriter:
 
     def refresh(self) -> bool:
         """Read the spool's state from its file into the in-memory flag; True if pending.
-        An append racing with the read keeps the flag set (its count moved)."""
+        An append of this process that the file read may have missed has moved the count by
+        the time the flag is set (or sets the flag itself afterwards), so the flag stays set."""
         assert self.spool is not None
         appends = self._appends
         pending = self.spool.pending()
@@ -99,15 +100,14 @@ class DurableWriter:
                 self._outage = False
                 return outcome
         try:
-            with self._pending_lock:
-                self._appends += 1
             self.spool.append(record)
         except OSError as error:
             self.spool_error = str(error)
             log.error("spool %s cannot take a record: %s", self.spool.directory, error)
             raise StorageUnavailable(str(error)) from error
         self.spool_error = None
-        with self._pending_lock:
+        with self._pending_lock:  # after the append: a refresh that missed it sees the count
+            self._appends += 1
             if self._pending is not None:
                 self._pending = True
         self.wake.set()
