@@ -16,6 +16,7 @@ run: $(BIN)/receiver
 
 test: $(BIN)/receiver test-tools
 	$(BIN)/ruff check receiver tests examples
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 # Debian's nginx, wrk and chromium, for the tests of the nginx example, of `receiver bench` and of

@@ -4,8 +4,8 @@
 
 The settings, their environment variables (PORT, HOST, BIND, WEB_CONCURRENCY, GUNICORN_THREADS,
 LOG_LEVEL, LOG_FORMAT, PROMETHEUS_MULTIPROC_DIR) and the measurements behind the worker class
-and counts (gthread, 2 workers x 4 threads, chosen with `receiver bench`) are in
-receiver/gunicorn_conf.py: inside the package, an installed receiver (`receiver serve`, the
+and counts (gevent, 2 workers, chosen with `receiver bench` and the slow-client test) are in
+receiver/server/gunicorn_conf.py: inside the package, an installed receiver (`receiver serve`, the
 container image) has them too, as `-c python:receiver.server.gunicorn_conf`.
 """
 

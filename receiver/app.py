@@ -41,10 +41,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
-    spool = (
-        Spool(Path(settings.spool_dir), settings.spool_max_bytes) if settings.spool_dir else None
-    )
-    writer = DurableWriter(store, spool, account_stores(settings, store))
+    spool = None
+    if settings.spool_dir:
+        spool = Spool(Path(settings.spool_dir), settings.spool_max_bytes)
+    writer = DurableWriter(store, spool, account_stores(settings, store), group_commit=True)
     receiver = Receiver(settings, store, writer)
     app.extensions["receiver"] = receiver
     views.register(app)

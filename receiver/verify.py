@@ -6,6 +6,7 @@ looks at the raw request again.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import parse_qs, quote
 
 from flask import Request
@@ -36,6 +37,12 @@ class Refused(HTTPException):
         self.extra_headers = headers
 
 
+@lru_cache(maxsize=64)
+def _quoted(path: str) -> str:
+    """The path as Twilio signed it; the same few paths come every time, so cached."""
+    return quote(path, safe="/!$&'()*+,;=:@-._~%")
+
+
 def signed_url(req: Request, settings: Settings) -> str:
     """The URL Twilio signed: the public one, not necessarily the one this process sees.
 
@@ -43,10 +50,7 @@ def signed_url(req: Request, settings: Settings) -> str:
     from the request, after ``ProxyFix`` has applied exactly ``PROXY_HOPS`` trusted hops. The
     query string is used byte for byte as received: re-encoding it breaks signatures.
     """
-    path = quote(
-        req.path if settings.public_base_url else req.root_path + req.path,
-        safe="/!$&'()*+,;=:@-._~%",
-    )
+    path = _quoted(req.path if settings.public_base_url else req.root_path + req.path)
     base = settings.public_base_url or f"{req.scheme}://{req.host}"
     query = req.query_string.decode("utf-8", "replace")
     return f"{base}{path}?{query}" if query else f"{base}{path}"

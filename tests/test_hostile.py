@@ -279,18 +279,6 @@ def test_malformed_http_is_refused_by_the_server(start_receiver, redis_client):
     assert requests.get(server.url + "/healthz", timeout=5).ok
 
 
-def test_slow_clients_do_not_stop_the_receiver(start_receiver, redis_client):
-    """Clients that connect and say nothing, or trickle a request, hold no worker thread
-    forever from the others: a normal callback still gets through meanwhile."""
-    server = start_receiver(GUNICORN_THREADS="2", WEB_CONCURRENCY="1")
-    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
-    try:
-        assert requests.get(server.url + "/healthz", timeout=10).ok
-    finally:
-        for sock in silent:
-            sock.close()
-
-
 request_lines = st.sampled_from(
     [
         b"POST /transcriptions/callback HTTP/1.1",

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import create_app
 from receiver.config import Settings
-from receiver.observability import logs
+from receiver.observability import logs, metrics
 from receiver.server.network import free_port
 
 from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
@@ -137,6 +137,7 @@ def test_one_json_line_per_callback_without_secrets(app, client, call_sid, capsy
     gt = sid("GT")
     post(client, content(call_sid, gt, 5, SECRET_TEXT))
     post(client, content(call_sid, gt, 5, SECRET_TEXT), token="wrong")
+    logs.flush()
     err = capsys.readouterr().err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     lines = [line for line in lines if line["msg"] == "callback"]
@@ -181,7 +182,14 @@ def test_metrics_add_up_across_gunicorn_workers(start_receiver, tmp_path, call_s
     for seq in range(1, 31):
         assert send(server.url, content(call_sid, gt, seq, SECRET_TEXT)).status_code == 200
     assert send(server.url, content(call_sid, gt, 1, SECRET_TEXT)).json()["outcome"] == "duplicate"
-    # Whichever worker answers the scrape, it reports the sum over all workers.
+    # Whichever worker answers the scrape, it reports the sum over all workers, once each
+    # worker has flushed what it counted (every metrics.FLUSH_SECONDS: a generous deadline).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = requests.get(server.url + "/metrics", timeout=5).text
+        if callbacks(text, "content", "stored") == 30:
+            break
+        time.sleep(metrics.FLUSH_SECONDS / 4)
     for _ in range(5):
         text = requests.get(server.url + "/metrics", timeout=5).text
         assert callbacks(text, "content", "stored") == 30
@@ -216,6 +224,14 @@ def test_counts_survive_a_worker_crash(start_receiver, call_sid):
     gt = sid("GT")
     for seq in range(1, 21):
         assert send(server.url, content(call_sid, gt, seq, "x")).status_code == 200
+    # Counts reach the shared files every metrics.FLUSH_SECONDS: a worker killed sooner loses
+    # what it counted since its last flush (docs/metrics.md). Kill once they are there.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = requests.get(server.url + "/metrics", timeout=5).text
+        if callbacks(text, "content", "stored") == 20:
+            break
+        time.sleep(metrics.FLUSH_SECONDS / 4)
     (victim, *_) = worker_pids(server.process.pid)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30

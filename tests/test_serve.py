@@ -59,9 +59,9 @@ def test_serve_with_embedded_redis(tmp_path):
         deadline = time.monotonic() + 20
         while True:
             try:
-                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or still booting
                 assert time.monotonic() < deadline, output
                 time.sleep(0.1)
         assert ready.json() == {"status": "ready", "redis": "ok", "spool_depth": 0}

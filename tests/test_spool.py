@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -428,3 +429,40 @@ def test_spool_settings_from_the_environment():
         load_settings({**base, "REDIS_TIMEOUT_MS": "soon"})
     with pytest.raises(ConfigError, match=r"SPOOL_MAX_BYTES='10' must be at least 65536"):
         load_settings({**base, "SPOOL_MAX_BYTES": "10"})
+
+
+def test_callbacks_read_the_spool_state_from_memory_kept_fresh_by_the_drainer(
+    own_redis, tmp_path, call_sid, monkeypatch
+):
+    """With a drainer watching, a callback asks no file system whether records wait: its own
+    appends set the flag at once, another process' appends reach it at the drainer's next
+    poll, and the flag clears only once the spool is drained."""
+    writer = DurableWriter(store_for(own_redis.url), Spool(tmp_path / "spool"))
+    other = DurableWriter(store_for(own_redis.url), Spool(tmp_path / "spool"))  # another worker
+    drainer = Drainer(writer, poll_seconds=0.05).start()
+    try:
+        wait_for(lambda: writer._pending is False)
+        real_pending = Spool.pending
+        # Who asked the file: the drainer's thread may, the callback's (this one) must not.
+        asked: list[bool] = []
+
+        def pending(spool: Spool) -> bool:
+            asked.append(threading.current_thread() is threading.main_thread())
+            return real_pending(spool)
+
+        monkeypatch.setattr(Spool, "pending", pending)
+        assert writer.write(make_event(call_sid, 1)) == "stored"
+        assert not any(asked)  # no stat(2) on the callback's path
+        own_redis.kill()
+        assert other.write(make_event(call_sid, 2)) == "spooled"  # the other worker spools
+        wait_for(lambda: writer._pending is True)  # this worker's drainer saw it
+        own_redis.start()
+        # Records wait: this worker's callbacks queue behind them, in order, without asking.
+        asked.clear()  # the other writer, with no drainer, asked the file: that is allowed
+        assert writer.write(make_event(call_sid, 3)) in ("spooled", "stored")
+        assert not any(asked)
+        wait_for(lambda: writer._pending is False)  # drained
+    finally:
+        drainer.stop()
+    assert writer._pending is None  # no drainer: callbacks ask the file again
+    assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2", "3"]

@@ -21,7 +21,7 @@ COMMANDS = {
     "tail": "receiver.cli.tail:tail",
     "demo": "receiver.cli.demo:demo",
     "memory": "receiver.cli.memory:memory",
-    "bench": "receiver.devtools.bench.measure:bench",
+    "bench": "receiver.cli.bench:bench",
     "dashboard-bench": "receiver.dashboard.bench:dashboard_bench",
 }
 

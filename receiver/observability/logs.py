@@ -8,10 +8,14 @@ are logged: never transcript text, auth tokens, signatures or passwords.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
+import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -20,19 +24,57 @@ FORMATS = ("auto", "json", "text")
 _callbacks = logging.getLogger("receiver.callbacks")
 
 
-class StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a line is emitted (it may be replaced)."""
+# How long a line below WARNING may wait before it is written.
+FLUSH_SECONDS = 0.05
+
+
+class StderrHandler(logging.Handler):
+    """Writes lines to whatever ``sys.stderr`` is when they are flushed (it may be replaced),
+    off the request path: a record below WARNING is only queued, and a background thread
+    formats and writes what queued every ``FLUSH_SECONDS``, one system call per batch instead
+    of one per callback. A warning or above is written at once, after the lines queued before
+    it (it is rare and may precede a crash); ``flush()`` (at exit, in gunicorn's
+    ``worker_exit``) writes whatever waits.
+    """
 
     def __init__(self) -> None:
-        super().__init__(sys.stderr)
+        super().__init__()
+        self._queue: deque[logging.LogRecord] = deque()
+        self._write_lock = threading.Lock()
+        self._flusher_pid: int | None = None
 
-    @property
-    def stream(self) -> TextIO:
-        return sys.stderr
+    def emit(self, record: logging.LogRecord) -> None:
+        self._queue.append(record)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        elif self._flusher_pid != os.getpid():  # none yet, or inherited across a fork
+            self._start_flusher()
 
-    @stream.setter
-    def stream(self, _value: TextIO) -> None:
-        pass
+    def _start_flusher(self) -> None:
+        self._flusher_pid = os.getpid()
+        threading.Thread(target=self._flush_forever, name="rtt-log-flusher", daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        pid = os.getpid()
+        while self._flusher_pid == pid:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            lines = []
+            while self._queue:
+                record = self._queue.popleft()
+                try:
+                    lines.append(self.format(record) + "\n")
+                except Exception:
+                    self.handleError(record)
+            if lines:
+                try:
+                    sys.stderr.write("".join(lines))
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass  # stderr closed: nowhere left to say it
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -93,6 +135,15 @@ def configure(env: dict[str, str] | None = None) -> None:
         handler = StderrHandler()
         logger.addHandler(handler)
     handler.setFormatter(formatter_for(env.get("LOG_FORMAT", "auto").strip().lower(), sys.stderr))
+
+
+def flush() -> None:
+    """Write every queued line now (before exit, or before reading stderr in a test)."""
+    for handler in logging.getLogger(LOGGER).handlers:
+        handler.flush()
+
+
+atexit.register(flush)
 
 
 def callback(**fields: object) -> None:

@@ -5,32 +5,24 @@ Run: `gunicorn -c deploy/gunicorn.conf.py 'receiver:create_app()'` in a checkout
 (what `receiver serve` runs): the settings live in the package so that both work.
 
 Environment: PORT (default 8000) and HOST (default 0.0.0.0), or BIND to give both;
-WEB_CONCURRENCY (workers, default 2), GUNICORN_THREADS (threads per worker, default 4);
-LOG_LEVEL, LOG_FORMAT (see receiver/logs.py); PROMETHEUS_MULTIPROC_DIR (see below).
+WEB_CONCURRENCY (workers, default 2); GUNICORN_THREADS (threads per worker, default 4, used only
+when the worker class is gthread: GUNICORN_CMD_ARGS="--worker-class gthread");
+LOG_LEVEL, LOG_FORMAT (see receiver/observability/logs.py); PROMETHEUS_MULTIPROC_DIR (below).
 
 Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so that /metrics
 adds up all workers. When it is not set, a private directory is created here and removed on
 exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
 
-Worker class and counts: gthread, 2 workers x 4 threads, chosen with `receiver bench` (README,
-"Performance") on a 2-core machine shared with other jobs (load average 4 to 9), comparing the
-gunicorn CPU time per stored callback, which such sharing hardly moves, where req/s swung by 2x:
-
-    gthread 2 x 4   832-902 us (8 runs)    sync 2    902-926 us (3 runs)
-    gthread 2 x 2   961 us                 sync 3    876 us
-    gthread 2 x 1   955 us                 sync 4    912-915 us (2 runs)
-    gthread 3 x 1   1006 us                (the empty route: 310-430 us, any class)
-    gthread 4 x 2   966-1034 us
-
-2 x 4 cost as little as any (sync 3's single run lies inside its range) and less than the other
-gthread shapes: each callback waits once on Redis, and threads fill those waits without more
-processes competing for 2 cores.
-Sync workers had a lower p99 at 1,000 req/s offered in those runs (23-35 ms against 27-66 ms,
-all far above the goal, because the cores were shared); they were not chosen because they
-close the connection after every answer (no keep-alive) and let one slow client hold a whole
-process, which matters when Twilio reaches the receiver without a buffering proxy. To try them:
-GUNICORN_CMD_ARGS="--worker-class sync". Scale with WEB_CONCURRENCY = cores (Redis needs CPU
-too: about 100 us per callback, from the same bench).
+Worker class: gevent, 2 workers, up to 1,000 connections each. Chosen by two measurements
+(docs/performance.md). Slow clients: with gthread (2 x 4 threads), 20 connections trickling a
+body and 20 trickling headers, plus 100 idle connections a second, kept every signed callback
+waiting past a 10 s deadline (tests/test_slow_clients.py); with gevent each such connection is
+a greenlet, and the callbacks were answered in 4-17 ms. Speed: in alternating runs of the same
+load on the shared 2-core machine, gevent spent 1,402-1,628 us of gunicorn CPU and 148-151 us of
+Redis CPU per stored callback against gthread's 1,488-1,644 us and 173-234 us, and answered
+more (group commit batches a worker's concurrent callbacks, and a gevent worker has more of
+them in flight than 4 threads). Every reliability and fault test runs with it. Scale with
+WEB_CONCURRENCY = cores (Redis needs CPU too).
 """
 
 import contextlib
@@ -39,6 +31,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+from gunicorn import glogging
 
 from receiver.config import ConfigError, int_setting
 
@@ -58,7 +52,8 @@ try:
     threads = int_setting(os.environ, "GUNICORN_THREADS", 4, 1)
 except ConfigError as error:
     raise SystemExit(f"rtt-receiver: {error}") from None
-worker_class = "gthread"
+worker_class = "gevent"
+worker_connections = 1000  # per worker: connections served at once, each a greenlet
 keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
 timeout = 30
 graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
@@ -107,10 +102,11 @@ if _log_format == "json" or (_log_format == "auto" and not sys.stderr.isatty()):
 
 
 def _bound_silent_clients() -> None:
-    """A gthread worker gives each new connection a thread for up to 5 s while it waits for the
-    first bytes, so a few dozen silent connections stall every callback. Waiting 0.25 s and then
-    parking the connection on the poller (what gunicorn does after its wait anyway) keeps
-    threads for clients that talk. Trickling clients still hold a thread: see the README."""
+    """For GUNICORN_CMD_ARGS="--worker-class gthread" only: a gthread worker gives each new
+    connection a thread for up to 5 s while it waits for the first bytes, so a few dozen silent
+    connections stall every callback. Waiting 0.25 s and then parking the connection on the
+    poller keeps threads for clients that talk; trickling clients still hold one each, which is
+    why the default worker is gevent (see the docstring above)."""
     from gunicorn.workers import gthread
 
     if hasattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT"):
@@ -118,6 +114,54 @@ def _bound_silent_clients() -> None:
 
 
 _bound_silent_clients()
+
+
+def _one_write_per_answer() -> None:
+    """gunicorn writes a response's headers and its body with two ``sendall`` calls; a
+    callback's answer is a small body of known length, so send both in one (a system call and
+    a TCP segment less per callback, measured with py-spy: about a tenth of a worker's time
+    went to those two sends). Answers without a body, chunked or longer ones keep gunicorn's
+    path."""
+    from gunicorn import util
+    from gunicorn.http import wsgi
+
+    write = wsgi.Response.write
+
+    def write_once(self: wsgi.Response, arg: bytes) -> None:
+        if (
+            self.headers_sent
+            or self.chunked
+            or self._omits_body
+            or not isinstance(arg, bytes)
+            or self.response_length is None
+            or len(arg) != self.response_length
+        ):
+            return write(self, arg)
+        head = self.default_headers()
+        head.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        util.write(self.sock, util.to_bytestring("".join(head) + "\r\n", "latin-1") + arg)
+        self.headers_sent = True
+        self.sent += len(arg)
+        return None
+
+    wsgi.Response.write = write_once
+
+
+_one_write_per_answer()
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, which builds an access-log line for every request whenever a
+    ``logconfig_dict`` is set, even though the dict below drops it: skipped when the access
+    logger would drop it anyway (about 5% of a worker's time, measured with py-spy)."""
+
+    def setup(self, cfg: object) -> None:
+        super().setup(cfg)
+        enabled: bool = getattr(self, "_access_log_enabled", False)
+        self._access_log_enabled = enabled and self.access_log.isEnabledFor(logging.INFO)
+
+
+logger_class = Logger
 
 
 def on_starting(server):
@@ -201,9 +245,12 @@ def worker_exit(server, worker):
     """After a worker's in-flight requests finished (SIGTERM, SIGHUP reload, max requests):
     stop its spool drainer, which confirms the record in hand and releases the drain lock, so
     another worker or the next receiver takes over with nothing lost or replayed twice."""
+    from receiver.observability import logs, metrics
     from receiver.storage.durable import stop_drainers
 
     stop_drainers()
+    metrics.flush()
+    logs.flush()
 
 
 def child_exit(server, worker):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING
 
 from receiver.config import Settings
-from receiver.storage import cluster
-from receiver.storage.contract import Keys
-from receiver.storage.store import Store
+
+if TYPE_CHECKING:
+    import redis
+
+    from receiver.storage.store import Store
+
+# redis-py is imported when a store is opened, not with this package: gunicorn's master imports
+# the spool (to check SPOOL_DIR) before its gevent workers monkey-patch, and a redis-py imported
+# there keeps unpatched references to ssl in every worker.
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -20,6 +24,12 @@ def connect(settings: Settings) -> redis.Redis:
             "REDIS_URL is not set: give the receiver a Redis, or run 'receiver serve', "
             "which starts an embedded one"
         )
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from receiver.storage import cluster
+
     timeout = settings.redis_timeout_ms / 1000
     options = dict(socket_timeout=timeout, socket_connect_timeout=timeout)
     if settings.redis_cluster:
@@ -37,7 +47,11 @@ def connect(settings: Settings) -> redis.Redis:
 def open_store(settings: Settings, client: redis.Redis | None = None, prefix: str = "") -> Store:
     """The store for ``settings``: one Redis, or a Redis Cluster (``REDIS_CLUSTER=1``), under
     ``prefix`` (default ``STREAM_PREFIX``), on ``client`` (default a new connection)."""
-    kind = cluster.ClusterStore if settings.redis_cluster else Store
+    from receiver.storage.cluster import ClusterStore
+    from receiver.storage.contract import Keys
+    from receiver.storage.store import Store
+
+    kind = ClusterStore if settings.redis_cluster else Store
     return kind(
         client or connect(settings),
         Keys(prefix or settings.stream_prefix),

@@ -30,6 +30,7 @@ import redis
 
 from receiver.events import Event
 from receiver.observability import metrics
+from receiver.storage.group_commit import GroupCommit
 from receiver.storage.spool import Record, Rejection, Spool
 from receiver.storage.store import Outcome, Store
 
@@ -60,16 +61,58 @@ class DurableWriter:
     # AccountSid -> the store of its own prefix (TWILIO_ACCOUNTS_FILE); others use ``store``.
     # Chosen when a record reaches Redis, so spooled records land under their account's prefix.
     routes: Mapping[str, Store] = field(default_factory=dict)
+    # Batch concurrent callbacks' events into one Redis round trip per store (group_commit.py);
+    # single Redis only: a cluster's steps go slot by slot.
+    group_commit: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
     # The last reason the spool refused a record, until it takes one again (for /readyz).
     spool_error: str | None = None
     _outage: bool = False
+    # Whether the spool may hold records, kept in memory so that a callback asks no file
+    # system: set by this process' appends, refreshed by its drainer's poll (``refresh``),
+    # which also sees other processes' appends. None: no drainer watches, ask the file.
+    _pending: bool | None = None
+    _appends: int = 0
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    _groups: dict[int, GroupCommit] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.group_commit:
+            stores = {id(s): s for s in (self.store, *self.routes.values()) if type(s) is Store}
+            self._groups = {key: GroupCommit(store) for key, store in stores.items()}
+
+    def _append(self, store: Store, event: Event) -> Outcome:
+        group = self._groups.get(id(store))
+        return group.append(event) if group is not None else store.append(event)
+
+    def spool_pending(self) -> bool:
+        if self.spool is None:
+            return False
+        if self._pending is None:
+            return self.spool.pending()
+        return self._pending
+
+    def refresh(self) -> bool:
+        """Read the spool's state from its file into the in-memory flag; True if pending.
+        An append of this process that the file read may have missed has moved the count by
+        the time the flag is set (or sets the flag itself afterwards), so the flag stays set."""
+        assert self.spool is not None
+        appends = self._appends
+        pending = self.spool.pending()
+        with self._pending_lock:
+            self._pending = pending or appends != self._appends
+            return self._pending
+
+    def unwatch(self) -> None:
+        """No drainer refreshes the flag any more: callbacks ask the file again."""
+        with self._pending_lock:
+            self._pending = None
 
     def write(self, record: Record) -> Written:
         """Store an event or a rejection durably; ``spooled`` when it went to the spool."""
         if self.spool is None:
             return self._to_redis(record)  # a RedisError becomes a 503
-        if not self.spool.pending():
+        if not self.spool_pending():
             try:
                 outcome = self._to_redis(record)
             except redis.RedisError as error:
@@ -85,6 +128,10 @@ class DurableWriter:
             log.error("spool %s cannot take a record: %s", self.spool.directory, error)
             raise StorageUnavailable(str(error)) from error
         self.spool_error = None
+        with self._pending_lock:  # after the append: a refresh that missed it sees the count
+            self._appends += 1
+            if self._pending is not None:
+                self._pending = True
         self.wake.set()
         return "spooled"
 
@@ -104,7 +151,7 @@ class DurableWriter:
                 url=record.url,
             )
             return "stored"
-        return store.append(record)
+        return self._append(store, record)
 
     def _note_outage(self, error: redis.RedisError) -> None:
         if not self._outage:
@@ -150,6 +197,7 @@ class Drainer:
         self.writer.wake.set()
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        self.writer.unwatch()
         _running.discard(self)
 
     def _wait(self, seconds: float) -> None:
@@ -159,7 +207,7 @@ class Drainer:
     def _run(self) -> None:
         backoff, paused = BACKOFF_SECONDS[0], False
         while not self._stop.is_set():
-            if not self.spool.pending():
+            if not self.writer.refresh():
                 self._wait(self.poll_seconds)
                 continue
             try:

@@ -46,6 +46,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
@@ -143,7 +144,16 @@ def decode(line: bytes) -> Record:
 
 
 @contextmanager
-def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+def _flock(
+    path: Path, *, blocking: bool = True, local: threading.Lock | None = None
+) -> Iterator[bool]:
+    """``flock`` on ``path``, between processes. ``local`` serializes this process' callers
+    first: under gevent they are greenlets of one thread, and one blocked in ``flock`` behind
+    another of the same process would block the thread that must release it."""
+    if local is not None:
+        with local, _flock(path, blocking=blocking) as held:
+            yield held
+        return
     fd = _private(path, os.O_RDWR)
     try:
         try:
@@ -189,6 +199,7 @@ class Spool:
         self.unreadable_path = self.directory / "spool.unreadable"
         self.held_path = self.directory / "held"
         self._depth_cache: tuple[tuple[int, ...], int] | None = None
+        self._lock = threading.Lock()  # see _flock
 
     def _keep_private(self) -> None:
         """Tighten a directory others can enter (a Dockerfile's ``mkdir`` makes it 0755), or
@@ -214,7 +225,7 @@ class Spool:
         """Write ``record`` and fsync it; when this returns, a crash cannot lose it. False when
         the spool already holds this event (same dedup key): it is durable, nothing is written."""
         line = encode(record)
-        with _flock(self.lock_path):
+        with _flock(self.lock_path, local=self._lock):
             if not self.log_path.exists():
                 self._new_file()
             marker = self._hold(record)
@@ -320,7 +331,7 @@ class Spool:
     def read_batch(self) -> tuple[str, list[Entry]]:
         """The generation and the next unconfirmed records, oldest first (at most
         ``BATCH_BYTES``, always at least one whole record)."""
-        with _flock(self.lock_path):
+        with _flock(self.lock_path, local=self._lock):
             if not self.log_path.exists():
                 return "", []
             fd = os.open(self.log_path, os.O_RDONLY)
@@ -370,7 +381,7 @@ class Spool:
 
     def rotate_if_drained(self) -> bool:
         """Start a fresh file once every record is confirmed, so the spool does not grow."""
-        with _flock(self.lock_path):
+        with _flock(self.lock_path, local=self._lock):
             if not self.log_path.exists():
                 return True
             with self.log_path.open("rb") as spool:

@@ -3,8 +3,8 @@
 -- args[1] is a path prefix: thread N reads "<prefix>.N", a file of requests, each written as
 -- "<byte length>\n<raw request>". Signing happens in Python before the timed phase, so wrk only
 -- copies bytes. When a thread runs out of requests it starts over (the receiver then answers
--- "duplicate"); `receiver bench` sizes the files so that this does not happen and reports it
--- when it does.
+-- "duplicate"); `receiver bench` sizes the files from what the fastest target answered, so
+-- that this does not happen, and reports it when it does.
 
 local threads = {}
 
