@@ -119,6 +119,10 @@ def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
 
     The cheap checks come first (the header's form, the content type, the number of
     parameters), so a request that cannot be Twilio's costs no body parsing and no HMAC."""
+    if req.method == "HEAD":
+        # Flask answers HEAD with the GET view; a HEAD carrying a GET callback's signature
+        # would store the event. Twilio never sends one.
+        raise Refused(405, "callbacks are GET or POST", Allow="GET, POST")
     header = _signature(req)
     if settings.proxy_hops and req.scheme not in FORWARDED_SCHEMES:
         raise Refused(400, f"forwarded scheme {req.scheme[:20]!r} is not http or https")

@@ -11,13 +11,13 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Request, Response, current_app, request
 
-from receiver.events import InvalidEvent, StaleEvent, check_age, now_iso, parse
+from receiver.events import Event, InvalidEvent, StaleEvent, check_age, now_iso, parse
 from receiver.observability.telemetry import note
 from receiver.storage.spool import Rejection
 from receiver.verify import Refused, signed_url, url_labels, verify
-from receiver.views.services import current
+from receiver.views.services import Receiver, current
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callback", __name__)
@@ -46,28 +46,10 @@ def _start_background() -> None:
 # No automatic OPTIONS answer: it would be a 200 that no signature checked (and counted).
 @bp.route(CALLBACK_PATH, methods=["GET", "POST"], provide_automatic_options=False)
 def callback() -> Response:
-    receiver, req = current(), request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup, not dozens
-    if req.method == "HEAD":
-        # Flask answers HEAD with the GET view; a HEAD carrying a GET callback's signature
-        # would store the event. Twilio never sends one.
-        raise Refused(405, "callbacks are GET or POST", Allow="GET, POST")
+    # One proxy lookup, not dozens.
+    receiver, req = current(), request._get_current_object()  # type: ignore[attr-defined]
     params = verify(req, receiver.settings)
-    received_at = now_iso()
-    try:
-        event = parse(params, received_at=received_at, url_labels=url_labels(req))
-        check_age(event, datetime.now(UTC), receiver.settings.max_event_age_seconds)
-    except StaleEvent as error:
-        # Kept as a dead letter, counted and logged: a misset clock must not lose events unseen.
-        note(outcome="rejected", reason=f"timestamp_{error.kind}")
-        log.warning("callback refused, Timestamp %s", error)
-        url = signed_url(req, receiver.settings)
-        receiver.writer.write(Rejection(error, params, received_at, req.method, url))
-        raise Refused(400, str(error)) from None
-    except InvalidEvent as error:
-        note(outcome="rejected", reason=error.field)
-        url = signed_url(req, receiver.settings)
-        receiver.writer.write(Rejection(error, params, received_at, req.method, url))
-        raise Refused(400, str(error)) from None
+    event = _normalize(receiver, req, params)
     note(
         event=event.event,
         call_sid=event.call_sid,
@@ -77,3 +59,22 @@ def callback() -> Response:
     outcome = receiver.writer.write(event)
     note(outcome=outcome)
     return _answer(outcome)
+
+
+def _normalize(receiver: Receiver, req: Request, params: dict[str, list[str]]) -> Event:
+    """The normalized event, or a 400 whose signed callback is kept as a dead letter."""
+    received_at = now_iso()
+    try:
+        event = parse(params, received_at=received_at, url_labels=url_labels(req))
+        check_age(event, datetime.now(UTC), receiver.settings.max_event_age_seconds)
+        return event
+    except InvalidEvent as error:
+        if isinstance(error, StaleEvent):
+            # Counted and logged: a misset clock must not lose events unseen.
+            note(outcome="rejected", reason=f"timestamp_{error.kind}")
+            log.warning("callback refused, Timestamp %s", error)
+        else:
+            note(outcome="rejected", reason=error.field)
+        url = signed_url(req, receiver.settings)
+        receiver.writer.write(Rejection(error, params, received_at, req.method, url))
+        raise Refused(400, str(error)) from None
