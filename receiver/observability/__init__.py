@@ -1,0 +1,1 @@
+"""What happened to each callback, as Prometheus metrics and one log line."""

@@ -1,0 +1,1 @@
+"""Running processes: gunicorn and its settings, the embedded Redis, local addresses."""
