@@ -121,9 +121,14 @@ def _one_write_per_answer() -> None:
     callback's answer is a small body of known length, so send both in one (a system call and
     a TCP segment less per callback, measured with py-spy: about a tenth of a worker's time
     went to those two sends). Answers without a body, chunked or longer ones keep gunicorn's
-    path."""
+    path. It replaces a gunicorn method, so it is applied only to the releases whose
+    ``Response`` it was written against (26.1 onwards: ``_omits_body``)."""
+    import gunicorn
     from gunicorn import util
     from gunicorn.http import wsgi
+
+    if not (26, 1) <= gunicorn.version_info[:2] < (28, 0):
+        return
 
     write = wsgi.Response.write
 
