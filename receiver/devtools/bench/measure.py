@@ -47,9 +47,12 @@ from receiver.views.callback import CALLBACK_PATH
 BASELINE_APP = "receiver.devtools.bench.baseline:create_app()"
 PEER_APP = "receiver.devtools.bench.peer:create_app()"
 # The signed pool of a round holds this many times what the fastest target was seen to answer
-# per second, times the phase's length: a closed loop never runs out and repeats a request.
+# per second, times the phase's length, so that a closed loop does not run out and repeat a
+# request. A target can still answer faster than the warm-up showed (the machine is shared):
+# such a phase is measured again, up to POOL_ATTEMPTS times, with a pool sized from it.
 POOL_MARGIN = 1.5
 MIN_POOL = 2000
+POOL_ATTEMPTS = 3
 
 Say = Callable[[str], None]
 
@@ -182,18 +185,31 @@ def measure(
         all_calls += dict.fromkeys(c.call_sid for c in load)
         for name in order:
             label = {"baseline": "empty route", "peer": "textbook peer"}.get(name, name)
-            say(f"round {n + 1}/{options.rounds}: {label}, {options.seconds:g}s")
-            phase = timed(
-                name, functools.partial(_closed_loop, options, name, targets[name], load, workdir)
-            )
+            for attempt in range(1, POOL_ATTEMPTS + 1):
+                say(f"round {n + 1}/{options.rounds}: {label}, {options.seconds:g}s")
+                phase = timed(
+                    name,
+                    functools.partial(_closed_loop, options, name, targets[name], load, workdir),
+                )
+                fastest = max(fastest, phase.requests_per_second)
+                if name == "receiver":
+                    report.sent += min(phase.requests, len(load))
+                if not phase.repeated or attempt == POOL_ATTEMPTS:
+                    break
+                ran_out = len(load)
+                pool = math.ceil(options.seconds * fastest * POOL_MARGIN)
+                report.notes.append(
+                    f"round {n + 1}, {name}: answered faster than the warm-up showed and ran "
+                    f"out of its pool of {ran_out}; measured again with {pool}"
+                )
+                say(f"round {n + 1}/{options.rounds}: signing {pool} callbacks")
+                load = traffic(pool, options.calls)
+                all_calls += dict.fromkeys(c.call_sid for c in load)
             getattr(report, name).append(phase)
-            fastest = max(fastest, phase.requests_per_second)
-            if name == "receiver":
-                report.sent += min(phase.requests, len(load))
             if phase.repeated:
                 report.notes.append(
                     f"round {n + 1}, {name}: {phase.repeated} requests were repeats of the "
-                    f"pool of {pool}; raise --expected-rate"
+                    f"pool of {len(load)}; raise --expected-rate"
                 )
     report.workers_rss_mib["end"] = rss_mib(pids.get("workers", []))
 
