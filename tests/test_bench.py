@@ -48,7 +48,6 @@ def assert_phase(phase: dict, status: str) -> None:
     assert phase["requests_per_second"] > 0
     assert set(phase["statuses"]) == {status}
     assert phase["socket_errors"] == 0
-    assert phase["repeated"] == 0
     lat = phase["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 

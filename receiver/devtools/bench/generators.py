@@ -48,7 +48,9 @@ class Phase:
     socket_errors: int = 0
     offered_rate: float | None = None
     late_sends: int = 0
-    repeated: int = 0
+    # The closed loop used up its signed pool before the phase's time was over: it never sends a
+    # request twice (a duplicate is answered without being stored), and the phase ends early.
+    ran_out: bool = False
     # CPU time the server's processes (gunicorn master and workers) and Redis spent per answered
     # request during the phase: unlike req/s, hardly moved by other load on the machine.
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)
@@ -113,7 +115,7 @@ def run_wrk(
         latency_ms={k: round(v / 1000, 3) for k, v in result["latency_us"].items()},
         statuses=dict(sorted(result["statuses"].items())),
         socket_errors=errors,
-        repeated=max(0, result["requests"] - len(traffic)),
+        ran_out=result["ran_out"],
     )
 
 
@@ -163,7 +165,7 @@ async def _python_phase(
     connections: int,
     rate: float | None,
     sampled: frozenset[str],
-) -> tuple[list[int], Counter, int, int, float, int, dict[tuple[str, int], int]]:
+) -> tuple[list[int], Counter, int, int, float, bool, dict[tuple[str, int], int]]:
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if https else 80)
@@ -171,7 +173,7 @@ async def _python_phase(
     latencies: list[int] = []
     statuses: Counter = Counter()
     sent_at: dict[tuple[str, int], int] = {}
-    state = {"next": 0, "errors": 0, "late": 0}
+    state = {"next": 0, "errors": 0, "late": 0, "ran_out": 0}
     start = time.perf_counter()
     deadline = start + seconds
     total = len(traffic) if rate is None else min(len(traffic), int(rate * seconds))
@@ -185,6 +187,9 @@ async def _python_phase(
                 state["next"] += 1
                 if time.perf_counter() >= deadline:
                     break
+                if index >= len(traffic):
+                    state["ran_out"] = 1
+                    break
             else:
                 if index >= total:
                     break
@@ -194,7 +199,7 @@ async def _python_phase(
                     await asyncio.sleep(wait)
                 elif wait < -0.005:
                     state["late"] += 1
-            callback = traffic[index % len(traffic)]
+            callback = traffic[index]
             if callback.call_sid in sampled:
                 sent_at[(callback.call_sid, callback.sequence_id)] = time.time_ns()
             # Open loop: from the due time, so that waiting behind a slow answer on this
@@ -214,8 +219,8 @@ async def _python_phase(
 
     await asyncio.gather(*(worker(n) for n in range(connections)))
     elapsed = time.perf_counter() - start
-    sent = len(latencies) + state["errors"]
-    return latencies, statuses, state["errors"], state["late"], elapsed, sent, sent_at
+    ran_out = bool(state["ran_out"])
+    return latencies, statuses, state["errors"], state["late"], elapsed, ran_out, sent_at
 
 
 def run_python(
@@ -230,7 +235,7 @@ def run_python(
 ) -> tuple[Phase, dict[tuple[str, int], int]]:
     """Closed loop (``rate`` None) or open loop at a fixed offered rate: request i is due at
     start + i/rate whatever the answers do, spread over ``connections`` connections."""
-    latencies, statuses, errors, late, elapsed, sent, sent_at = asyncio.run(
+    latencies, statuses, errors, late, elapsed, ran_out, sent_at = asyncio.run(
         _python_phase(
             url, traffic, seconds=seconds, connections=connections, rate=rate, sampled=sampled
         )
@@ -246,6 +251,6 @@ def run_python(
         socket_errors=errors,
         offered_rate=rate,
         late_sends=late,
-        repeated=max(0, sent - len(traffic)),
+        ran_out=ran_out,
     )
     return phase, sent_at

@@ -47,9 +47,10 @@ from receiver.views.callback import CALLBACK_PATH
 BASELINE_APP = "receiver.devtools.bench.baseline:create_app()"
 PEER_APP = "receiver.devtools.bench.peer:create_app()"
 # The signed pool of a round holds this many times what the fastest target was seen to answer
-# per second, times the phase's length, so that a closed loop does not run out and repeat a
-# request. A target can still answer faster than the warm-up showed (the machine is shared):
-# such a phase is measured again, up to POOL_ATTEMPTS times, with a pool sized from it.
+# per second, times the phase's length, so that a closed loop does not run out of requests (it
+# never repeats one: it stops). A target can still answer faster than the warm-up showed (the
+# machine is shared): such a phase is measured again, up to POOL_ATTEMPTS times, with a pool
+# sized from it.
 POOL_MARGIN = 1.5
 MIN_POOL = 2000
 POOL_ATTEMPTS = 3
@@ -194,7 +195,7 @@ def measure(
                 fastest = max(fastest, phase.requests_per_second)
                 if name == "receiver":
                     report.sent += min(phase.requests, len(load))
-                if not phase.repeated or attempt == POOL_ATTEMPTS:
+                if not phase.ran_out or attempt == POOL_ATTEMPTS:
                     break
                 ran_out = len(load)
                 pool = math.ceil(options.seconds * fastest * POOL_MARGIN)
@@ -206,10 +207,10 @@ def measure(
                 load = traffic(pool, options.calls)
                 all_calls += dict.fromkeys(c.call_sid for c in load)
             getattr(report, name).append(phase)
-            if phase.repeated:
+            if phase.ran_out:
                 report.notes.append(
-                    f"round {n + 1}, {name}: {phase.repeated} requests were repeats of the "
-                    f"pool of {len(load)}; raise --expected-rate"
+                    f"round {n + 1}, {name}: ran out of its pool of {len(load)} after "
+                    f"{phase.seconds:g}s of the {options.seconds:g}s; raise --expected-rate"
                 )
     report.workers_rss_mib["end"] = rss_mib(pids.get("workers", []))
 
