@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     receiver = Receiver(settings, store, writer)
     app.extensions["receiver"] = receiver
     views.register(app)
-    live = metrics.LiveState(store.client, store.keys.active_calls, receiver.spool_depth)
+    stores = (store, *writer.routes.values())
+    active_calls = list(dict.fromkeys(each.keys.active_calls for each in stores))
+    live = metrics.LiveState(store.client, active_calls, receiver.spool_depth)
     telemetry.install(app, live, CALLBACK_PATH)
     return app

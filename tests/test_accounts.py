@@ -19,7 +19,7 @@ from receiver.storage import account_stores, open_store
 from receiver.storage.durable import Drainer, DurableWriter
 from receiver.storage.spool import Spool
 
-from .support.twilio_calls import callback, content, post, sid
+from .support.twilio_calls import callback, content, post, sid, started
 
 ACCOUNT_A = "AC" + "a" * 32
 ACCOUNT_B = "AC" + "b" * 32
@@ -216,3 +216,12 @@ def test_spooled_records_replay_under_their_account_s_prefix(tmp_path, own_redis
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     assert [f["call_sid"] for _, f in client.xrange("tenant-a:events")] == [call_a]
     assert [f["call_sid"] for _, f in client.xrange("rtt:events")] == [call_b]
+
+
+def test_calls_in_progress_count_every_account_s_prefix(multi, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for account, token in ((ACCOUNT_A, TOKEN_A), (ACCOUNT_A, TOKEN_A), (ACCOUNT_B, TOKEN_B)):
+        params = signed_as(account, started(sid("CA"), sid("GT")))
+        assert post(multi, params, token=token).status_code == 200
+    text = multi.get("/metrics").get_data(as_text=True)
+    assert "\nrtt_calls_in_progress 3.0\n" in text  # two under tenant-a:, one under rtt:

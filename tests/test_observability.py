@@ -184,18 +184,22 @@ def test_metrics_add_up_across_gunicorn_workers(start_receiver, tmp_path, call_s
     assert send(server.url, content(call_sid, gt, 1, SECRET_TEXT)).json()["outcome"] == "duplicate"
     # Whichever worker answers the scrape, it reports the sum over all workers, once each
     # worker has flushed what it counted (every metrics.FLUSH_SECONDS: a generous deadline).
+    def counted(text: str) -> tuple[float, ...]:
+        return (
+            callbacks(text, "content", "stored"),
+            callbacks(text, "content", "duplicate"),
+            value(text, "rtt_callback_duration_seconds_count", outcome="stored"),
+            value(text, "rtt_calls_in_progress"),
+        )
+
+    expected = (30, 1, 30, 1)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        text = requests.get(server.url + "/metrics", timeout=5).text
-        if callbacks(text, "content", "stored") == 30:
+        if counted(requests.get(server.url + "/metrics", timeout=5).text) == expected:
             break
         time.sleep(metrics.FLUSH_SECONDS / 4)
     for _ in range(5):
-        text = requests.get(server.url + "/metrics", timeout=5).text
-        assert callbacks(text, "content", "stored") == 30
-        assert callbacks(text, "content", "duplicate") == 1
-        assert value(text, "rtt_callback_duration_seconds_count", outcome="stored") == 30
-        assert value(text, "rtt_calls_in_progress") == 1
+        assert counted(requests.get(server.url + "/metrics", timeout=5).text) == expected
     assert len(list(scratch.iterdir())) == 1  # the metrics directory it created
     server.stop()
     assert list(scratch.iterdir()) == []  # ... and removed on exit

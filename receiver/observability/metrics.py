@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 from prometheus_client import (
@@ -124,15 +124,15 @@ def count_redis_error(error: BaseException) -> None:
 
 
 class LiveState:
-    """Gauges read when scraped: calls in progress (``ZCARD`` of the active calls index) and
-    the spool depth (from ``spool_depth``, a callable reading the on-disk spool; 0 without
-    one)."""
+    """Gauges read when scraped: calls in progress (the sum of ``ZCARD`` of the active calls
+    index of every stream prefix this receiver writes: one per account with its own) and the
+    spool depth (from ``spool_depth``, a callable reading the on-disk spool; 0 without one)."""
 
     def __init__(
-        self, client: redis.Redis, active_calls_key: str, spool_depth: Callable[[], int]
+        self, client: redis.Redis, active_calls_keys: Sequence[str], spool_depth: Callable[[], int]
     ) -> None:
         self.client = client
-        self.active_calls_key = active_calls_key
+        self.active_calls_keys = active_calls_keys
         self.spool_depth = spool_depth
 
     def collect(self) -> Iterable[Metric]:
@@ -142,12 +142,16 @@ class LiveState:
         spool.add_metric([], float(self.spool_depth()))
         yield spool
         try:
-            active = self.client.zcard(self.active_calls_key)
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in self.active_calls_keys:
+                    pipe.zcard(key)
+                active = sum(pipe.execute())
         except redis.RedisError as error:
             count_redis_error(error)
             return  # absent rather than a wrong 0: alert on absent(rtt_calls_in_progress)
         calls = GaugeMetricFamily(
-            "rtt_calls_in_progress", "Calls with a transcription in progress (rtt:calls:active)."
+            "rtt_calls_in_progress",
+            "Calls with a transcription in progress (rtt:calls:active, of every prefix).",
         )
         calls.add_metric([], float(active))
         yield calls
