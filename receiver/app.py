@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     spool = None
     if settings.spool_dir:
         spool = Spool(Path(settings.spool_dir), settings.spool_max_bytes)
-    writer = DurableWriter(store, spool, account_stores(settings, store), group_commit=True)
+    routes = account_stores(settings, store)
+    writer = DurableWriter(store, spool, routes, settings.serves, group_commit=True)
     receiver = Receiver(settings, store, writer)
     app.extensions["receiver"] = receiver
     views.register(app)

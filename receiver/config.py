@@ -75,6 +75,13 @@ class Settings:
         """The account of ``TWILIO_ACCOUNTS_FILE`` with this SID, if any."""
         return next((a for a in self.accounts if a.sid == sid), None)
 
+    def serves(self, sid: str | None) -> bool:
+        """Whether this receiver takes callbacks of this AccountSid: one of the accounts file's,
+        or ``TWILIO_ACCOUNT_SID``; any, when neither is set."""
+        if self.accounts:
+            return self.account(sid) is not None
+        return self.account_sid is None or sid == self.account_sid
+
     def __repr__(self) -> str:
         # Tokens and Redis passwords must never reach a log or a traceback.
         return (

@@ -153,7 +153,7 @@ def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
         )
     if not params:
         raise Refused(400, "a callback GET carries its parameters in the query string")
-    if settings.account_sid and account != settings.account_sid:
+    if not settings.serves(account):
         note(outcome="wrong_account")
         raise Refused(403, f"AccountSid {account!r} is not this receiver's account")
     # Signed by this account's token: a bounded label, safe for metrics.

@@ -225,3 +225,35 @@ def test_calls_in_progress_count_every_account_s_prefix(multi, monkeypatch):
         assert post(multi, params, token=token).status_code == 200
     text = multi.get("/metrics").get_data(as_text=True)
     assert "\nrtt_calls_in_progress 3.0\n" in text  # two under tenant-a:, one under rtt:
+
+
+def test_a_spooled_record_of_an_account_since_removed_is_set_aside_not_misfiled(
+    tmp_path, own_redis, caplog
+):
+    before = settings_with(write_accounts(tmp_path / "before.yaml"), REDIS_URL=own_redis.url)
+    store = open_store(before)
+    spool = Spool(tmp_path / "spool")
+    writer = DurableWriter(store, spool, account_stores(before, store))
+    call_a, call_b = sid("CA"), sid("CA")
+    own_redis.kill()
+    for account, call in ((ACCOUNT_A, call_a), (ACCOUNT_B, call_b)):
+        params = signed_as(account, content(call, sid("GT"), 1, "while redis was down"))
+        event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00Z")
+        assert writer.write(event) == "spooled"
+    own_redis.start()
+    # A restarts without account A: its record must not land under B's (or anyone's) prefix.
+    after = settings_with(
+        write_accounts(tmp_path / "after.yaml", {ACCOUNT_B: ACCOUNTS[ACCOUNT_B]}),
+        REDIS_URL=own_redis.url,
+    )
+    store = open_store(after)
+    drainer = Drainer(DurableWriter(store, spool, account_stores(after, store), after.serves))
+    with caplog.at_level(logging.ERROR), spool.drain_lock() as held:
+        assert held and drainer.drain()
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    assert [f["call_sid"] for _, f in client.xrange("rtt:events")] == [call_b]
+    assert not client.keys(f"*{call_a}*") and not client.exists("tenant-a:events")
+    [kept] = (tmp_path / "spool" / "spool.unrouted").read_text().splitlines()
+    assert call_a in kept
+    assert f"AccountSid {ACCOUNT_A} is not one of this receiver's accounts" in caplog.text
+    assert not spool.pending()

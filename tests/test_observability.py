@@ -182,6 +182,7 @@ def test_metrics_add_up_across_gunicorn_workers(start_receiver, tmp_path, call_s
     for seq in range(1, 31):
         assert send(server.url, content(call_sid, gt, seq, SECRET_TEXT)).status_code == 200
     assert send(server.url, content(call_sid, gt, 1, SECRET_TEXT)).json()["outcome"] == "duplicate"
+
     # Whichever worker answers the scrape, it reports the sum over all workers, once each
     # worker has flushed what it counted (every metrics.FLUSH_SECONDS: a generous deadline).
     def counted(text: str) -> tuple[float, ...]:

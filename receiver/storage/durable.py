@@ -22,7 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +31,7 @@ import redis
 from receiver.events import Event
 from receiver.observability import metrics
 from receiver.storage.group_commit import GroupCommit
-from receiver.storage.spool import Record, Rejection, Spool
+from receiver.storage.spool import Entry, Record, Rejection, Spool
 from receiver.storage.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,14 @@ BACKOFF_SECONDS = (0.05, 1.0)
 
 class StorageUnavailable(Exception):
     """Neither Redis nor the spool could take a record: answer 503 so that Twilio retries."""
+
+
+class Unrouted(Exception):
+    """A spooled record's account is no longer served: no prefix is its own any more."""
+
+
+def _any_account(sid: str | None) -> bool:
+    return True
 
 
 def account_of(record: Record) -> str | None:
@@ -61,6 +69,9 @@ class DurableWriter:
     # AccountSid -> the store of its own prefix (TWILIO_ACCOUNTS_FILE); others use ``store``.
     # Chosen when a record reaches Redis, so spooled records land under their account's prefix.
     routes: Mapping[str, Store] = field(default_factory=dict)
+    # Whether an AccountSid is still served (``Settings.serves``): the accounts file may have
+    # lost one while its records waited in the spool.
+    serves: Callable[[str | None], bool] = _any_account
     # Batch concurrent callbacks' events into one Redis round trip per store (group_commit.py);
     # single Redis only: a cluster's steps go slot by slot.
     group_commit: bool = False
@@ -166,7 +177,12 @@ class DurableWriter:
         return self.spool is not None and self.spool_error is None and self.spool.writable()
 
     def replay(self, record: Record) -> Written:
-        """The drainer's way in: always Redis, never the spool again."""
+        """The drainer's way in: always Redis, never the spool again. A record of an account
+        no longer served raises ``Unrouted``: ``routes`` would send it to ``store``'s prefix,
+        another tenant's."""
+        account = account_of(record)
+        if not self.serves(account):
+            raise Unrouted(f"AccountSid {account} is not one of this receiver's accounts")
         return self._to_redis(record)
 
 
@@ -247,7 +263,7 @@ class Drainer:
                     if entry.record is None:
                         self.spool.quarantine(entry)
                     else:
-                        self.writer.replay(entry.record)
+                        self._replay(entry)
                     end = entry.end
                     count += 1
                     self.replayed += 1
@@ -260,6 +276,14 @@ class Drainer:
                 if end and confirmed != count:
                     self.spool.confirm(generation, end)
         return False
+
+    def _replay(self, entry: Entry) -> None:
+        assert entry.record is not None
+        try:
+            self.writer.replay(entry.record)
+        except Unrouted as error:
+            self.spool.quarantine(entry, self.spool.unrouted_path)
+            log.error("spool: %s; record kept in %s", error, self.spool.unrouted_path)
 
 
 _running: set[Drainer] = set()

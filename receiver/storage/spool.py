@@ -37,6 +37,9 @@ Layout of ``SPOOL_DIR`` (a local disk; flock is not to be trusted on network fil
   check fails on it, copies it to ``spool.unreadable`` instead of replaying it. A record that
   passes the CRC but cannot be decoded (say, written by a newer release) goes there too, with a
   logged error, so it is kept for a person and does not block the records behind it.
+- ``spool.unrouted``: records of an AccountSid the receiver no longer serves (removed from
+  ``TWILIO_ACCOUNTS_FILE`` while they waited), kept for a person rather than written under
+  another account's prefix (``DurableWriter.replay``).
 """
 
 from __future__ import annotations
@@ -191,15 +194,16 @@ class Spool:
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._keep_private()
         self.log_path = self.directory / "spool.log"
         self.lock_path = self.directory / "spool.lock"
         self.drain_lock_path = self.directory / "drain.lock"
         self.cursor_path = self.directory / "cursor"
         self.unreadable_path = self.directory / "spool.unreadable"
+        self.unrouted_path = self.directory / "spool.unrouted"
         self.held_path = self.directory / "held"
         self._depth_cache: tuple[tuple[int, ...], int] | None = None
         self._lock = threading.Lock()  # see _flock
+        self._keep_private()
 
     def _keep_private(self) -> None:
         """Tighten a directory others can enter (a Dockerfile's ``mkdir`` makes it 0755), or
@@ -214,8 +218,14 @@ class Spool:
                     f"SPOOL_DIR={str(self.directory)!r} is readable by other users "
                     f"({mode:04o}) and cannot be tightened ({error.strerror}): chmod 700 it"
                 ) from None
-        for name in ("spool.log", "spool.lock", "drain.lock", "cursor", "spool.unreadable"):
-            path = self.directory / name
+        for path in (
+            self.log_path,
+            self.lock_path,
+            self.drain_lock_path,
+            self.cursor_path,
+            self.unreadable_path,
+            self.unrouted_path,
+        ):
             if path.exists() and path.stat().st_mode & 0o077:
                 path.chmod(0o600)
 
@@ -363,9 +373,12 @@ class Spool:
             entries.append(Entry(position, record, line))
         return generation, entries
 
-    def quarantine(self, entry: Entry) -> None:
-        """Keep a record that cannot be replayed, for a person to look at."""
-        with os.fdopen(_private(self.unreadable_path, os.O_WRONLY | os.O_APPEND), "ab") as out:
+    def quarantine(self, entry: Entry, path: Path | None = None) -> None:
+        """Keep a record that cannot be replayed, for a person to look at: in
+        ``spool.unreadable``, or ``path`` (``spool.unrouted``)."""
+        with os.fdopen(
+            _private(path or self.unreadable_path, os.O_WRONLY | os.O_APPEND), "ab"
+        ) as out:
             out.write(entry.raw + b"\n")
             out.flush()
             os.fsync(out.fileno())
