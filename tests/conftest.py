@@ -13,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 
 from receiver import create_app
 from receiver.config import Settings
+from receiver.observability import logs
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served
 
@@ -28,6 +29,14 @@ hypothesis_settings.register_profile(
     "long", max_examples=3000, deadline=None, suppress_health_check=_fixtures_ok
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _log_lines_within_the_test() -> Iterator[None]:
+    """Log lines are written in batches, a moment later: write a test's own before its end,
+    while pytest captures them, instead of into the next test's dots."""
+    yield
+    logs.flush()
 
 
 @pytest.fixture(scope="session")
