@@ -4,11 +4,12 @@ never a reason to refuse an event; finals ordered by spoken time when known."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from receiver.events import spoken_time
-from receiver.protocol import provider_data
+from receiver.protocol import provider_data, timestamp
 from receiver.storage.contract import Keys
 
 from .support.twilio_calls import callback, content, post, sid
@@ -101,3 +102,24 @@ def test_finals_are_ordered_by_spoken_time_when_known(client, redis_client, call
     assert members[0]["spoken_start"] == "2026-01-23T21:47:46.614Z"
     assert members[0]["spoken_end"] == "2026-01-23T21:47:48.114Z"
     assert finals[0][1] == 1769204866614  # the epoch ms of spoken_start
+
+
+def test_a_final_whose_provider_data_does_not_parse_keeps_its_place(
+    client, redis_client, call_sid
+):
+    """Provider data on, one final's unparseable: it is scored by its Timestamp, the same
+    epoch-ms scale as spoken time, not by its SequenceId (which would put it before all)."""
+    gt = sid("GT")
+    post(client, callback("started", call_sid, gt, 1))
+    connected = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=20)
+    for seq, spoken, text, produced in (
+        (2, provider_data(timestamp(connected), 1.0, 1.0), "first", 3),
+        (9, MALFORMED, "second", 7),
+        (10, provider_data(timestamp(connected), 8.0, 1.0), "third", 10),
+    ):
+        stamp = timestamp(connected + timedelta(seconds=produced))
+        params = content(call_sid, gt, seq, text, Timestamp=stamp, TranscriptionProviderData=spoken)
+        assert post(client, params).status_code == 200
+    finals = redis_client.zrange(KEYS.finals(call_sid), 0, -1, withscores=True)
+    assert [json.loads(m)["transcript"] for m, _ in finals] == ["first", "second", "third"]
+    assert finals[1][1] == (connected + timedelta(seconds=7)).timestamp() * 1000

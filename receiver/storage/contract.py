@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from receiver.events import Event
+from receiver.protocol import parse_timestamp
 
 SCHEMA_VERSION = "2"
 
@@ -116,9 +117,14 @@ def entry_fields(event: Event) -> list[str]:
 
 def finals_score(event: Event) -> str:
     """The score of a final in the finals sorted set: the epoch ms of ``spoken_start`` when the
-    provider said when the words were spoken (orders both tracks as spoken), else SequenceId
-    (production order, exact within a track only); "" when neither is known."""
+    provider said when the words were spoken (orders both tracks as spoken); with provider data
+    that gives no spoken time (it did not parse), the epoch ms of ``Timestamp``, on the same
+    scale as its neighbours' spoken time; without provider data (a session without
+    EnableProviderData), SequenceId (production order, exact within a track only); "" when
+    none is known."""
     if event.spoken_start:
         spoken = datetime.fromisoformat(event.spoken_start.replace("Z", "+00:00"))
         return str(round(spoken.timestamp() * 1000))
+    if event.provider_data is not None and event.timestamp:
+        return str(round(parse_timestamp(event.timestamp).timestamp() * 1000))
     return "" if event.sequence_id is None else str(event.sequence_id)
