@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -227,6 +228,36 @@ def _account(sid: object, entry: object, where: str) -> Account:
     return Account(sid, tuple(t.strip() for t in tokens), prefix)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping in which no key appears twice: YAML and JSON parsers keep the last of two
+    silently, so a pasted block would take over an account's tokens and prefix unseen."""
+    mapping: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise _DuplicateKey(f"{key!r} appears twice")
+        mapping[key] = value
+    return mapping
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        pairs = [
+            (self.construct_object(k, deep=deep), self.construct_object(v, deep=deep))
+            for k, v in node.value
+        ]
+        return _unique_pairs(pairs)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def load_accounts(path: str, default_prefix: str) -> tuple[Account, ...]:
     """The accounts of ``TWILIO_ACCOUNTS_FILE`` (YAML, or JSON), or a ConfigError that names
     the file, the account and the field."""
@@ -236,7 +267,12 @@ def load_accounts(path: str, default_prefix: str) -> tuple[Account, ...]:
     except OSError as exc:
         raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if path.endswith(".json"):
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: {exc}: each account, and each field, once") from None
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(
             f"{where} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}"

@@ -257,3 +257,25 @@ def test_a_spooled_record_of_an_account_since_removed_is_set_aside_not_misfiled(
     assert call_a in kept
     assert f"AccountSid {ACCOUNT_A} is not one of this receiver's accounts" in caplog.text
     assert not spool.pending()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "accounts.yaml",
+            f"{ACCOUNT_A}:\n  auth_tokens: [a]\n  stream_prefix: tenant-a\n"
+            f"{ACCOUNT_A}:\n  auth_tokens: [b]\n  stream_prefix: tenant-b\n",
+        ),
+        (
+            "accounts.json",
+            f'{{"{ACCOUNT_A}": {{"auth_tokens": ["a"]}}, "{ACCOUNT_A}": {{"auth_tokens": ["b"]}}}}',
+        ),
+        ("accounts.yaml", f"{ACCOUNT_A}:\n  auth_tokens: [a]\n  auth_tokens: [b]\n"),
+    ],
+)
+def test_an_account_or_field_given_twice_is_refused_not_overwritten(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="appears twice: each account, and each field, once"):
+        settings_with(str(path))

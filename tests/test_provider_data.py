@@ -104,9 +104,7 @@ def test_finals_are_ordered_by_spoken_time_when_known(client, redis_client, call
     assert finals[0][1] == 1769204866614  # the epoch ms of spoken_start
 
 
-def test_a_final_whose_provider_data_does_not_parse_keeps_its_place(
-    client, redis_client, call_sid
-):
+def test_a_final_whose_provider_data_does_not_parse_keeps_its_place(client, redis_client, call_sid):
     """Provider data on, one final's unparseable: it is scored by its Timestamp, the same
     epoch-ms scale as spoken time, not by its SequenceId (which would put it before all)."""
     gt = sid("GT")
