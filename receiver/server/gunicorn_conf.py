@@ -25,7 +25,6 @@ them in flight than 4 threads). Every reliability and fault test runs with it. S
 WEB_CONCURRENCY = cores (Redis needs CPU too).
 """
 
-import contextlib
 import logging
 import os
 import shutil
@@ -197,45 +196,29 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     if settings.accounts:
-        _keep_accounts()
+        from receiver.server import accounts_file
 
-
-# TWILIO_ACCOUNTS_FILE as given, and a private copy of its last valid content: workers read the
-# copy, so a worker that boots while the file is being edited (or broken) never reads it.
-_GIVEN_ACCOUNTS_FILE = "RTT_GIVEN_ACCOUNTS_FILE"
-_GOOD_ACCOUNTS_FILE = "RTT_GOOD_ACCOUNTS_FILE"
-
-
-def _keep_accounts() -> None:
-    """Copy the accounts file, valid now, to where the workers read it (only this user can)."""
-    given = os.environ.setdefault(_GIVEN_ACCOUNTS_FILE, os.environ["TWILIO_ACCOUNTS_FILE"])
-    good = os.environ.get(_GOOD_ACCOUNTS_FILE)
-    if not good:
-        fd, good = tempfile.mkstemp(prefix="rtt-accounts-", suffix=os.path.splitext(given)[1])
-        os.close(fd)  # mkstemp made it 0600
-        os.environ[_GOOD_ACCOUNTS_FILE] = good
-    shutil.copyfile(given, good + ".new")
-    os.replace(good + ".new", good)  # a worker booting now reads the old copy or the new one
-    os.environ["TWILIO_ACCOUNTS_FILE"] = good
+        try:
+            accounts_file.keep()
+        except (ConfigError, OSError) as error:
+            raise SystemExit(f"rtt-receiver: {error}") from None
 
 
 def on_reload(server):
-    """SIGHUP: the file is read again and, when valid, becomes what the new workers read. A file
-    broken by an edit would stop them from booting, and gunicorn then halts: so it is checked
-    here, and when it is not valid the error is logged and the workers keep the accounts read
-    before; a later SIGHUP after a fix reads the file again."""
-    from receiver.config import ConfigError, load_settings
+    """SIGHUP: the accounts file is read again and, when valid, becomes what the new workers
+    read. A file broken by an edit would stop them from booting, and gunicorn then halts: so it
+    is checked here, and when it is not valid the error is logged and the workers keep the
+    accounts read before; a later SIGHUP after a fix reads the file again."""
+    from receiver.config import ConfigError
+    from receiver.server import accounts_file
 
-    given = os.environ.get(_GIVEN_ACCOUNTS_FILE)
-    if not given:
+    if not accounts_file.kept():
         return
     try:
-        load_settings({**os.environ, "TWILIO_ACCOUNTS_FILE": given})
-    except ConfigError as error:
+        given = accounts_file.keep()
+    except (ConfigError, OSError) as error:
         server.log.error("rtt-receiver: %s; keeping the accounts read before", error)
         return
-    os.environ["TWILIO_ACCOUNTS_FILE"] = given
-    _keep_accounts()
     server.log.info("rtt-receiver: accounts re-read from %s", given)
 
 
@@ -269,7 +252,6 @@ def on_exit(server):
     owned = os.environ.get(_OWNED_METRICS_DIR)
     if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(owned, ignore_errors=True)
-    good = os.environ.get(_GOOD_ACCOUNTS_FILE)
-    if good:
-        with contextlib.suppress(OSError):
-            os.unlink(good)
+    from receiver.server import accounts_file
+
+    accounts_file.remove()
