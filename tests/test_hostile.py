@@ -255,6 +255,7 @@ def raw_request(port: int, data: bytes, timeout: float = 5) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow  # starts gunicorn
 def test_malformed_http_is_refused_by_the_server(start_receiver, redis_client):
     server = start_receiver()
     cases = [
@@ -303,6 +304,7 @@ def receiver_server(start_receiver):
     return start_receiver()
 
 
+@pytest.mark.slow  # starts gunicorn
 @given(line=request_lines, headers=raw_headers, body=st.binary(max_size=512))
 def test_raw_http_to_the_real_server_is_never_a_500(
     receiver_server, redis_client, line, headers, body

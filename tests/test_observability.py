@@ -174,6 +174,7 @@ def test_text_lines_in_a_terminal():
         logs.formatter_for("xml", io.StringIO())
 
 
+@pytest.mark.slow  # starts gunicorn
 def test_metrics_add_up_across_gunicorn_workers(start_receiver, tmp_path, call_sid):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -224,6 +225,7 @@ def worker_pids(master: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # starts gunicorn
 def test_counts_survive_a_worker_crash(start_receiver, call_sid):
     server = start_receiver(WEB_CONCURRENCY="2")
     gt = sid("GT")

@@ -393,6 +393,7 @@ def test_a_full_redis_spools_and_replays_once_memory_is_freed(own_redis, tmp_pat
     assert [e["sequence_id"] for e in stream(own_redis.url, call_sid)] == ["1", "2"]
 
 
+@pytest.mark.slow  # starts gunicorn
 def test_gunicorn_refuses_a_spool_dir_it_cannot_use(start_receiver, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
