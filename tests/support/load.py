@@ -20,9 +20,6 @@ from receiver.protocol import is_retried
 from .streams import call_entries
 from .twilio_calls import CALLBACK_PATH, sid, sign, whole_call
 
-# Twilio retries these (error 17580); other 4xx are final.
-
-
 @dataclass
 class Tally:
     sent: int = 0  # HTTP attempts, retries and duplicates included
