@@ -17,6 +17,7 @@ from receiver.config import Settings
 from receiver.events import InvalidEvent, parse
 from receiver.protocol import timestamp
 from receiver.storage import open_store
+from receiver.storage.contract import Keys
 from receiver.storage.durable import Drainer, DurableWriter
 from receiver.storage.spool import Spool
 
@@ -34,6 +35,8 @@ from .support.twilio_calls import (
 BASE = "http://localhost"
 URL = BASE + CALLBACK_PATH
 WELL_FORMED = "A" * 27 + "="
+
+KEYS = Keys()
 
 
 def raw_post(client, body: str, signature: str, content_type: str | None = None):
@@ -204,6 +207,19 @@ def test_replays_after_retention_are_refused(settings, redis_client, call_sid):
     assert not redis_client.zscore("rtt:calls:active", call_sid)
     fresh = content(call_sid, gt, 3, "now")
     assert post(client, fresh).status_code == 200
+
+
+def test_an_event_from_a_clock_ahead_is_remembered_as_long_as_it_can_be_replayed(
+    settings, redis_client, call_sid
+):
+    """Stamped 150 s ahead, an event is accepted until 150 s + MAX_EVENT_AGE_SECONDS from now:
+    its identity must live that long, even when that is past CALL_RETENTION_SECONDS."""
+    short = replace(settings, call_retention_seconds=60, max_event_age_seconds=60)
+    client = create_app(short).test_client()
+    params = content(call_sid, sid("GT"), 2, "from the future")
+    params["Timestamp"] = _at(timedelta(seconds=150))
+    assert post(client, params).status_code == 200
+    assert redis_client.ttl(KEYS.seen(call_sid)) >= 150 + 60 - 5
 
 
 def test_the_spools_own_replays_are_not_refused_for_age(redis_server, redis_client, tmp_path):

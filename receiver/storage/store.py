@@ -18,7 +18,7 @@ import hiredis
 import redis
 from redis.exceptions import NoScriptError
 
-from receiver.events import Event, InvalidEvent
+from receiver.events import MAX_CLOCK_AHEAD, Event, InvalidEvent
 from receiver.storage.contract import SCHEMA_VERSION, Keys, entry_fields, finals_score
 
 
@@ -32,8 +32,9 @@ def lua(*names: str) -> str:
 
 STORE_SCRIPT = lua("call_store.lua", "store.lua")
 REJECT_SCRIPT = lua("reject.lua")
-# How long after MAX_EVENT_AGE_SECONDS an identity is kept: clock skew between Twilio and us.
-SEEN_MARGIN_SECONDS = 300
+# How long after MAX_EVENT_AGE_SECONDS an identity is kept: an event stamped this far ahead of
+# our clock is still accepted, until its Timestamp is MAX_EVENT_AGE_SECONDS old.
+SEEN_MARGIN_SECONDS = int(MAX_CLOCK_AHEAD.total_seconds())
 
 Outcome = Literal["stored", "duplicate"]
 
@@ -105,8 +106,10 @@ class Store:
 
     @property
     def seen_seconds(self) -> int:
-        """How long identities outlive a call's last event (docs/storage.md)."""
-        return min(self.retention_seconds, self.max_event_age_seconds + SEEN_MARGIN_SECONDS)
+        """How long identities outlive a call's last event (docs/storage.md): as long as an
+        event can still pass the door, also past the retention (a replay of an event stamped
+        ahead of our clock must remain a duplicate after the call's data expired)."""
+        return self.max_event_age_seconds + SEEN_MARGIN_SECONDS
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -20,6 +20,7 @@ from receiver.protocol import is_retried
 from .streams import call_entries
 from .twilio_calls import CALLBACK_PATH, sid, sign, whole_call
 
+
 @dataclass
 class Tally:
     sent: int = 0  # HTTP attempts, retries and duplicates included
