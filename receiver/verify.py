@@ -60,14 +60,26 @@ def _candidate_tokens(account: str | None, settings: Settings) -> tuple[str, ...
     """The tokens that may have signed a callback claiming ``account``.
 
     With ``TWILIO_ACCOUNTS_FILE`` the claim (still unverified) only chooses whose tokens are
-    tried: a callback signed by account A that claims account B fails B's tokens."""
+    tried: a callback signed by account A that claims account B fails B's tokens. A claim of
+    an account not in the file gets the answer a bad signature gets, so that an unsigned request
+    cannot learn which AccountSids this receiver serves (the log line and the metrics say
+    ``wrong_account``)."""
     if not settings.accounts:
         return settings.auth_tokens
     found = settings.account(account)
     if found is None:
         note(outcome="wrong_account")
-        raise Refused(403, f"AccountSid {account!r} is not one of this receiver's accounts")
+        raise _invalid_signature()
     return found.auth_tokens
+
+
+def _invalid_signature() -> Refused:
+    # The URL is not echoed: a GET callback's URL carries the transcript.
+    return Refused(
+        403,
+        f"invalid {SIGNATURE_HEADER} (is PUBLIC_BASE_URL or PROXY_HOPS set so that the "
+        "URL checked is the one Twilio called?)",
+    )
 
 
 def _signature(req: Request) -> str:
@@ -145,12 +157,7 @@ def verify(req: Request, settings: Settings) -> dict[str, list[str]]:
         req.headers.get(SIGNATURE_SETTINGS_HEADER),
     ):
         note(outcome="signature_failure")
-        # The URL is not echoed: a GET callback's URL carries the transcript.
-        raise Refused(
-            403,
-            f"invalid {SIGNATURE_HEADER} (is PUBLIC_BASE_URL or PROXY_HOPS set so that the "
-            "URL checked is the one Twilio called?)",
-        )
+        raise _invalid_signature()
     if not params:
         raise Refused(400, "a callback GET carries its parameters in the query string")
     if not settings.serves(account):
