@@ -24,6 +24,7 @@ from receiver.storage.store import Keys
 from .support.redis_cluster import SLOT_RANGES, LocalCluster
 from .support.twilio_calls import TOKEN, callback, content, post, sid, whole_call
 from .test_multi_instance import send
+from .test_storage import conversation, wait_for
 
 pytestmark = pytest.mark.slow  # starts servers or processes
 
@@ -55,6 +56,23 @@ def cluster_app(redis_cluster: LocalCluster, cluster_client: RedisCluster):
     app = create_app(
         Settings(auth_tokens=(TOKEN,), redis_url=redis_cluster.url, redis_cluster=True)
     )
+    app.config.update(TESTING=True)
+    return app
+
+
+@pytest.fixture
+def short_app(redis_cluster: LocalCluster, cluster_client: RedisCluster):
+    """Identities for 900 s (MAX_EVENT_AGE_SECONDS 600 + 300 of skew), data for two hours,
+    partials for one second."""
+    settings = Settings(
+        auth_tokens=(TOKEN,),
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        call_retention_seconds=7200,
+        max_event_age_seconds=600,
+        partials_retention_seconds=1,
+    )
+    app = create_app(settings)
     app.config.update(TESTING=True)
     return app
 
@@ -124,6 +142,51 @@ def test_whole_call_on_a_cluster(cluster_app, cluster_client, far_call_sid):
     assert cluster_client.zscore(KEYS.recent_calls, far_call_sid) is not None
 
 
+def test_cluster_bookkeeping_lives_for_the_freshness_window(
+    short_app, cluster_client, far_call_sid
+):
+    """Identities and entry refs are kept as long as a retry or a replay can come (the seen
+    window), not for the call's retention."""
+    client = short_app.test_client()
+    for params in conversation(far_call_sid, sid("GT"), utterances=2):
+        assert post(client, params).get_json() == {"outcome": "stored"}
+    cluster_keys = ClusterKeys(KEYS)
+    for key in (
+        KEYS.seen(far_call_sid),
+        cluster_keys.entries(far_call_sid),
+        cluster_keys.published(far_call_sid),
+    ):
+        assert 800 < cluster_client.ttl(key) <= 900, key
+    assert cluster_client.ttl(KEYS.call(far_call_sid)) > 7000
+    # Step 2's own window (an hour at most) is never longer than the seen window either.
+    assert 800 < cluster_client.ttl(cluster_keys.events_seen) <= 900
+
+
+def test_after_the_partials_retention_the_cluster_keys_hold_the_record_only(
+    short_app, cluster_client, far_call_sid
+):
+    client = short_app.test_client()
+    events = conversation(far_call_sid, sid("GT"), utterances=12)
+    for params in events:
+        assert post(client, params).get_json() == {"outcome": "stored"}
+    sent_partials = [p["SequenceId"] for p in events if p.get("Final") == "false"]
+    live = [f for _, f in cluster_client.xrange(KEYS.events)]
+    assert [f["sequence_id"] for f in live if f.get("final") == "false"] == sent_partials
+
+    cluster_keys = ClusterKeys(KEYS)
+    entries, published = cluster_keys.entries(far_call_sid), cluster_keys.published(far_call_sid)
+    wait_for(lambda: not cluster_client.exists(KEYS.partials(far_call_sid)))
+    record = [entry_id for entry_id, _ in cluster_client.xrange(KEYS.call(far_call_sid))]
+    assert len(record) == 1 + 12 + 1  # started, the finals, stopped
+    kept = {
+        f"{p['TranscriptionSid']}:{p['SequenceId']}" for p in events if p.get("Final") != "false"
+    }
+    refs = cluster_client.hgetall(entries)
+    assert set(refs) == kept
+    assert sorted(refs.values()) == sorted(record)
+    assert cluster_client.smembers(published) == set(record)
+
+
 def test_calls_in_progress_on_a_cluster(cluster_app, cluster_client, far_call_sid):
     client = cluster_app.test_client()
     gt = sid("GT")
@@ -168,6 +231,25 @@ def test_a_retry_heals_a_partial_whose_steps_were_cut(cluster_app, cluster_clien
     entries = [f for _, f in cluster_client.xrange(KEYS.events)]
     assert [e.get("partials_entry_id") for e in entries] == [None, partial_id]
     assert cluster_client.xlen(KEYS.call(far_call_sid)) == 1
+    # Published: its ref is forgotten, the record's refs stay.
+    cluster_keys = store.cluster_keys
+    assert not cluster_client.hexists(cluster_keys.entries(far_call_sid), event.dedup_key)
+    ((started_id, _),) = cluster_client.xrange(KEYS.call(far_call_sid))
+    assert cluster_client.smembers(cluster_keys.published(far_call_sid)) == {started_id}
+
+
+def test_a_partial_past_its_retention_is_past_healing(cluster_app, cluster_client, far_call_sid):
+    """Step 1 stored a partial, the receiver died, and the retry comes after the partials
+    stream forgot it: nothing to heal (a live feed), and its ref goes too."""
+    store: ClusterStore = cluster_app.extensions["receiver"].store
+    params = content(far_call_sid, sid("GT"), 2, "half a", final=False)
+    event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
+    args = store.args(event, store.now_ms())
+    assert store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)[0] == 1
+    cluster_client.delete(KEYS.partials(far_call_sid))  # PARTIALS_RETENTION_SECONDS passed
+    assert store.append(event) == "duplicate"
+    assert cluster_client.xlen(KEYS.events) == 0
+    assert not cluster_client.exists(store.cluster_keys.entries(far_call_sid))
 
 
 def test_a_retry_heals_a_crash_between_the_steps(cluster_app, cluster_client, far_call_sid):

@@ -11,8 +11,9 @@ cluster an event is stored in four steps, each one atomic script in one slot, ea
 2. the global stream's slot (``cluster_events.lua``): append to ``rtt:events`` unless this
    entry was appended in the last hour (``{rtt:events}:seen``, same slot by its hash tag);
    then, back in the call's slot, mark the entry published (``…:published``), so that a retry
-   or a spool replay, however late, does not ask again (a window cannot hold every entry ever
-   appended, the call's own keys can: they expire with the call).
+   or a spool replay, however late, does not ask again (a global window cannot hold every
+   entry of the seen window, the call's own keys can). A partial is marked by forgetting its
+   ref instead: partials are most events, so only the record's refs stay for the seen window.
 3. the index's slot (``cluster_active.lua``): add or remove the call in ``rtt:calls:active``
    unless a newer state of that call was applied before (``{rtt:calls:active}:versions``).
 4. the dashboard index's slot (``cluster_recent.lua``): the call's latest time in
@@ -43,10 +44,20 @@ CALL_SCRIPT = lua("call_store.lua", "cluster_call.lua")
 EVENTS_SCRIPT = lua("cluster_events.lua")
 ACTIVE_SCRIPT = lua("cluster_active.lua")
 RECENT_SCRIPT = lua("cluster_recent.lua")
-# How long step 2 remembers which call entries it appended. It only has to cover the moment
-# between its append and the published mark in the call's slot: later, step 1 knows.
+# How long step 2 remembers which call entries it appended (never longer than the seen
+# window: no retry comes later). It only has to cover the moment between its append and the
+# published mark in the call's slot: later, step 1 knows.
 EVENTS_DEDUP_WINDOW_MS = 3600 * 1000
+# Step 2b, in the call's slot. KEYS[1] published set, KEYS[2] entries hash; ARGV[1] entry ref,
+# ARGV[2] seen window (s), ARGV[3] dedup key. A record's ref is kept as published for the seen
+# window; a partial's ref is dropped (if the dedup key still names that entry).
 PUBLISHED_SCRIPT = """
+if string.sub(ARGV[1], 1, 2) == 'p/' then
+  if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[1] then
+    redis.call('HDEL', KEYS[2], ARGV[3])
+  end
+  return 1
+end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
@@ -167,13 +178,16 @@ class ClusterStore(Store):
                     self.events_maxlen,
                     f"{event.call_sid}/{_text(ref)}",
                     ref,
-                    EVENTS_DEDUP_WINDOW_MS,
+                    min(EVENTS_DEDUP_WINDOW_MS, self.seen_seconds * 1000),
                     *fields,
                 ],
             )
             self._published(
-                keys=[self.cluster_keys.published(event.call_sid)],
-                args=[_text(ref), self.retention_seconds],
+                keys=[
+                    self.cluster_keys.published(event.call_sid),
+                    self.cluster_keys.entries(event.call_sid),
+                ],
+                args=[_text(ref), self.seen_seconds, event.dedup_key],
             )
         retention_ms = self.retention_seconds * 1000
         self._active(

@@ -7,7 +7,10 @@
 -- ARGV as in store.lua.
 --
 -- An entry ref is the call stream entry id, or "p/<id>" for an entry of the partials stream
--- (the two streams' ids can be equal).
+-- (the two streams' ids can be equal). The refs live as long as the seen set (ARGV[16]): a
+-- retry or a replay that could heal comes within that window, or not at all. A partial's ref
+-- goes once it is published (step 2b) or found past healing, so that the refs of a call that
+-- has ended are its record's only.
 --
 -- Returns {stored (1 | 0), entry ref, state id, in progress (1 | 0), field, value, ...}: the
 -- entry for the global stream (step 2, its first field names the entry: call_entry_id or
@@ -40,7 +43,7 @@ if id then
     if state_id == '' then state_id = id end
   end
   redis.call('HSET', KEYS[6], ARGV[1], ref)
-  redis.call('EXPIRE', KEYS[6], tonumber(ARGV[2]))
+  redis.call('EXPIRE', KEYS[6], tonumber(ARGV[16]))
   return {1, ref, state_id, active and 1 or 0, unpack(entry(ref, id, fields))}
 end
 
@@ -57,7 +60,11 @@ if string.sub(original, 1, 2) == 'p/' then
 end
 -- A partial trimmed or expired since is past healing: it was a live feed anyway.
 local found = redis.call('XRANGE', stream, original_id, original_id)[1]
-if not found or redis.call('SISMEMBER', KEYS[7], original) == 1 then
+if not found then
+  redis.call('HDEL', KEYS[6], ARGV[1])
+  return {0, '', state_id, in_progress}
+end
+if redis.call('SISMEMBER', KEYS[7], original) == 1 then
   return {0, '', state_id, in_progress}
 end
 return {0, original, state_id, in_progress, unpack(entry(original, original_id, found[2]))}
