@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from receiver.config import Settings
 from receiver.storage.contract import Keys
 
@@ -47,6 +49,7 @@ def test_calls_older_than_the_retention_are_trimmed(redis_server, redis_client, 
     assert redis_client.zrange(KEYS.recent_calls, 0, -1) == ["CA-fresh", call_sid]
 
 
+@pytest.mark.slow  # starts a Redis Cluster
 def test_recent_calls_on_a_cluster(cluster_app, cluster_client, far_call_sid):  # noqa: F811
     client = cluster_app.test_client()
     gt = sid("GT")
