@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from receiver.devtools.conversation import (
+    FINAL_STABILITY,
     ConversationError,
     Faults,
     Identity,
@@ -157,7 +158,7 @@ def test_unknown_speech_model_fails_with_a_configuration_error():
     assert "telephony" in plan[1].params["TranscriptionError"]
 
 
-def test_partials_carry_stability_and_no_confidence():
+def test_partial_results_carry_stability_and_no_confidence_on_every_content_event():
     content = _deepgram_content(partial_results=True)
     partials = [c for c in content if c.params["Final"] == "false"]
     finals = [c for c in content if c.params["Final"] == "true"]
@@ -166,8 +167,8 @@ def test_partials_carry_stability_and_no_confidence():
         assert "confidence" not in json.loads(partial.params["TranscriptionData"])
         assert 0 < float(partial.params["Stability"]) < 1
     for final in finals:
-        assert "confidence" in json.loads(final.params["TranscriptionData"])
-        assert "Stability" not in final.params
+        assert "confidence" not in json.loads(final.params["TranscriptionData"])
+        assert float(final.params["Stability"]) == FINAL_STABILITY
     plain = _deepgram_content(partial_results=False)
     assert all(c.params["Final"] == "true" for c in plain)
     assert all("Stability" not in c.params for c in plain)

@@ -36,6 +36,9 @@ TRACKS = ("inbound", "outbound")
 BUILTIN_CONVERSATION = "support-call"
 # Stability Google reports on partial results grows as more audio confirms the words.
 MIN_STABILITY, MAX_STABILITY = 0.4, 0.9
+# With PartialResults, Twilio sends Stability instead of confidence on every content event and
+# documents no value for a final: the emulator's choice, a final's text no longer changes.
+FINAL_STABILITY = 1.0
 # A failure mid-call: Twilio's documented code for a provider that went away.
 DEFAULT_ERROR_CODE = "32655"
 DEFAULT_ERROR_MESSAGE = TRANSCRIPTION_ERRORS[DEFAULT_ERROR_CODE]
@@ -368,15 +371,21 @@ def provider_data(result: Result, identity: Identity, settings: TranscriptionSet
 def _content(
     settings: TranscriptionSettings, faults: Faults, identity: Identity, result: Result
 ) -> dict[str, str]:
-    """Partial results carry Stability and no confidence, finals the reverse [docs]."""
+    """With PartialResults, content events carry Stability and no confidence (finals too);
+    without, confidence and no Stability [docs]."""
     track = result.utterance.track
     label = settings.label(track)
+    confidence, stability = (
+        (None, FINAL_STABILITY if result.final else result.stability)
+        if settings.partial_results
+        else (result.utterance.confidence, None)
+    )
     params = content_params(
         label if faults.track_as_label and label else track_param(track),
         " ".join(result.words),
         final=result.final,
-        confidence=result.utterance.confidence if result.final else None,
-        stability=None if result.final else result.stability,
+        confidence=confidence,
+        stability=stability,
         language_code=settings.language_code or "en-US",
     )
     if settings.enable_provider_data:
