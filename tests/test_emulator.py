@@ -26,7 +26,7 @@ from receiver.devtools.playback import send
 from .support.callback_sink import CallbackSink
 from .support.twilio_calls import sid
 
-SPEED = 40.0  # the built-in 25 s script plays in about 0.6 s
+SPEED = 40.0  # the built-in 25 s conversation plays in about 0.6 s
 
 
 @pytest.fixture
@@ -228,9 +228,9 @@ def test_full_call_callbacks_post(twilio: Client, emulator: EmulatorServer, sink
     assert all(float(p["Stability"]) == FINAL_STABILITY for p in finals)
     assert all("confidence" not in json.loads(p["TranscriptionData"]) for p in content)
     assert {p["Track"] for p in content} == {"inbound_track", "outbound_track"}
-    script = load_conversation()
+    conversation = load_conversation()
     assert [json.loads(p["TranscriptionData"])["transcript"] for p in finals] == [
-        u.text for u in script.utterances
+        u.text for u in conversation.utterances
     ]
     # Partials grow towards their final, word by word.
     first_final = content.index(finals[0])
