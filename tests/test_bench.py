@@ -68,7 +68,8 @@ def test_traffic_is_signed_realistic_and_new():
         kinds[(event.event, event.track, event.final)] += 1
         if event.event == "content":
             assert event.transcript and event.language_code == "en-US"
-            assert (event.confidence is not None) == event.final
+            # PartialResults=true: Stability and no confidence, on partials and finals alike.
+            assert event.confidence is None and event.stability is not None
     assert len(identities) == len(traffic) == 200
     assert len({sid for sid, _ in identities}) == 4
     assert kinds[("started", None, None)] == 4

@@ -1,4 +1,4 @@
-"""Scripts and timelines: the pure part of the emulator."""
+"""Conversations and timelines: the pure part of the emulator."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from receiver.devtools.conversation import (
+    FINAL_STABILITY,
     ConversationError,
     Faults,
     Identity,
@@ -32,16 +33,17 @@ SETTINGS = TranscriptionSettings(
 )
 
 
-def test_builtin_script_is_a_two_party_call():
-    script = load_conversation()
-    assert {u.track for u in script.utterances} == {"inbound", "outbound"}
-    assert len(script.utterances) >= 6
-    starts = [u.at for u in script.utterances]
+def test_builtin_conversation_is_a_two_party_call():
+    conversation = load_conversation()
+    assert {u.track for u in conversation.utterances} == {"inbound", "outbound"}
+    assert len(conversation.utterances) >= 6
+    starts = [u.at for u in conversation.utterances]
     assert starts == sorted(starts)
-    assert script.length >= script.utterances[-1].at + script.utterances[-1].duration
+    last = conversation.utterances[-1]
+    assert conversation.length >= last.at + last.duration
 
 
-def test_script_files_yaml_and_json(tmp_path):
+def test_conversation_files_yaml_and_json(tmp_path):
     data = {"name": "tiny", "utterances": [{"track": "inbound", "at": 0, "text": "hello there"}]}
     (tmp_path / "tiny.json").write_text(json.dumps(data))
     (tmp_path / "tiny.yaml").write_text("utterances:\n  - {track: outbound, at: 1, text: hi}\n")
@@ -59,14 +61,14 @@ def test_script_files_yaml_and_json(tmp_path):
         ({"utterances": [{"track": "inbound", "at": 0, "text": "x", "confidence": 2}]}, "2.0"),
     ],
 )
-def test_bad_scripts_name_the_field(data, words):
+def test_bad_conversations_name_the_field(data, words):
     with pytest.raises(ConversationError) as caught:
         parse_conversation(data, "s.yaml")
     assert words in str(caught.value)
 
 
-def test_unreadable_script_file(tmp_path):
-    with pytest.raises(ConversationError, match="No such file"):
+def test_unreadable_conversation_file(tmp_path):
+    with pytest.raises(ConversationError, match=r"conversation .*missing\.yaml.*No such file"):
         load_conversation(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("utterances: [\n")
     with pytest.raises(ConversationError, match="not valid YAML"):
@@ -110,10 +112,10 @@ def _deepgram_content(**settings: object) -> list:
 
 
 def test_deepgram_provider_data_is_shaped_as_twilio_documents():
-    script = load_conversation()
+    conversation = load_conversation()
     finals = [c for c in _deepgram_content() if c.params["Final"] == "true"]
-    assert len(finals) == len(script.utterances)
-    for callback, utterance in zip(finals, script.utterances, strict=True):
+    assert len(finals) == len(conversation.utterances)
+    for callback, utterance in zip(finals, conversation.utterances, strict=True):
         envelope = json.loads(callback.params["TranscriptionProviderData"])
         assert set(envelope) == {"ProviderData", "ProviderConnectTime", "Provider"}
         assert envelope["Provider"] == "deepgram"
@@ -157,7 +159,7 @@ def test_unknown_speech_model_fails_with_a_configuration_error():
     assert "telephony" in plan[1].params["TranscriptionError"]
 
 
-def test_partials_carry_stability_and_no_confidence():
+def test_partial_results_carry_stability_and_no_confidence_on_every_content_event():
     content = _deepgram_content(partial_results=True)
     partials = [c for c in content if c.params["Final"] == "false"]
     finals = [c for c in content if c.params["Final"] == "true"]
@@ -166,8 +168,8 @@ def test_partials_carry_stability_and_no_confidence():
         assert "confidence" not in json.loads(partial.params["TranscriptionData"])
         assert 0 < float(partial.params["Stability"]) < 1
     for final in finals:
-        assert "confidence" in json.loads(final.params["TranscriptionData"])
-        assert "Stability" not in final.params
+        assert "confidence" not in json.loads(final.params["TranscriptionData"])
+        assert float(final.params["Stability"]) == FINAL_STABILITY
     plain = _deepgram_content(partial_results=False)
     assert all(c.params["Final"] == "true" for c in plain)
     assert all("Stability" not in c.params for c in plain)
@@ -286,14 +288,14 @@ def test_timestamps_are_wall_clock_at_any_speed():
     assert first_final.params["Timestamp"] == f"2026-11-28T09:00:{seconds:09.6f}000Z"
 
 
-def test_script_language_is_the_default_language_code():
-    script = parse_conversation(
+def test_conversation_language_is_the_default_language_code():
+    conversation = parse_conversation(
         {"language_code": "fr-FR", "utterances": [{"track": "inbound", "at": 0, "text": "bonjour"}]}
     )
-    plan = events(script, SETTINGS, IDENTITY)
+    plan = events(conversation, SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"fr-FR"}
     chosen = TranscriptionSettings("http://127.0.0.1:9/cb", language_code="de-DE")
-    plan = events(script, chosen, IDENTITY)
+    plan = events(conversation, chosen, IDENTITY)
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"de-DE"}
     english = events(load_conversation(), SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in english if "LanguageCode" in c.params} == {"en-US"}

@@ -14,6 +14,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
 from receiver.devtools.conversation import (
+    FINAL_STABILITY,
     Identity,
     TranscriptionSettings,
     events,
@@ -25,7 +26,7 @@ from receiver.devtools.playback import send
 from .support.callback_sink import CallbackSink
 from .support.twilio_calls import sid
 
-SPEED = 40.0  # the built-in 25 s script plays in about 0.6 s
+SPEED = 40.0  # the built-in 25 s conversation plays in about 0.6 s
 
 
 @pytest.fixture
@@ -224,14 +225,12 @@ def test_full_call_callbacks_post(twilio: Client, emulator: EmulatorServer, sink
     partials = [p for p in content if p["Final"] == "false"]
     finals = [p for p in content if p["Final"] == "true"]
     assert partials and all(0 < float(p["Stability"]) < 1 for p in partials)
-    assert all("Stability" not in p for p in finals)
+    assert all(float(p["Stability"]) == FINAL_STABILITY for p in finals)
+    assert all("confidence" not in json.loads(p["TranscriptionData"]) for p in content)
     assert {p["Track"] for p in content} == {"inbound_track", "outbound_track"}
-    script = load_conversation()
+    conversation = load_conversation()
     assert [json.loads(p["TranscriptionData"])["transcript"] for p in finals] == [
-        u.text for u in script.utterances
-    ]
-    assert [json.loads(p["TranscriptionData"])["confidence"] for p in finals] == [
-        u.confidence for u in script.utterances
+        u.text for u in conversation.utterances
     ]
     # Partials grow towards their final, word by word.
     first_final = content.index(finals[0])
@@ -255,8 +254,12 @@ def test_get_one_track_no_partials(twilio: Client, emulator: EmulatorServer, sin
     content = [r.params for r in got if r.params["TranscriptionEvent"] == "transcription-content"]
     assert {p["Track"] for p in content} == {"inbound_track"}
     assert {p["Final"] for p in content} == {"true"}
-    inbound = [u.text for u in load_conversation().utterances if u.track == "inbound"]
-    assert [json.loads(p["TranscriptionData"])["transcript"] for p in content] == inbound
+    inbound = [u for u in load_conversation().utterances if u.track == "inbound"]
+    data = [json.loads(p["TranscriptionData"]) for p in content]
+    assert [d["transcript"] for d in data] == [u.text for u in inbound]
+    # No partial results: each final carries its utterance's confidence, and no Stability.
+    assert [d["confidence"] for d in data] == [u.confidence for u in inbound]
+    assert all("Stability" not in p for p in content)
     assert "Name" not in got[0].params
 
 
@@ -376,6 +379,6 @@ def test_provider_data_and_timestamps_on_the_wire(
         assert raw["is_final"] is (params["Final"] == "true")
         assert {"start", "duration"} <= set(raw)
         assert raw["channel"]["alternatives"][0]["words"]
-        data = json.loads(params["TranscriptionData"])
-        assert ("confidence" in data) is (params["Final"] == "true")
-        assert ("Stability" in params) is (params["Final"] == "false")
+        # PartialResults=true: Stability and no confidence, on partials and finals alike.
+        assert "confidence" not in json.loads(params["TranscriptionData"])
+        assert "Stability" in params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,9 +72,10 @@ def test_simulate_reports_refusals_and_exits_1(start_receiver, redis_client):
 def test_simulate_checks_its_options(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("utterances: []\n")
-    result = CliRunner().invoke(main, ["simulate", "--script", str(bad)])
-    assert result.exit_code == 2
-    assert "utterances ([])" in result.output
+    for option in ("--conversation", "--script"):
+        result = CliRunner().invoke(main, ["simulate", option, str(bad)])
+        assert result.exit_code == 2
+        assert "utterances ([])" in result.output
     result = CliRunner().invoke(main, ["simulate", "--url", "https://example.com/cb"])
     assert result.exit_code == 1
     assert "loopback" in result.output
@@ -138,6 +140,25 @@ def test_emulate_hint_works_without_credentials():
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=15)
+
+
+@pytest.mark.parametrize("option", ["--conversation", "--script"])
+def test_simulate_plays_the_conversation_given_by_either_name(tmp_path, option):
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("name: tiny\nutterances:\n  - {track: inbound, at: 0.1, text: Hello there}\n")
+    sink = CallbackSink(TOKEN).start()
+    try:
+        result = CliRunner().invoke(
+            main,
+            ["simulate", "--url", sink.url, "--speed", "20", option, str(tiny)],
+            env={"TWILIO_AUTH_TOKEN": TOKEN},
+        )
+        assert result.exit_code == 0, result.output
+        assert "conversation 'tiny'" in result.output
+        finals = [r.params for r in sink.received if r.params.get("Final") == "true"]
+        assert [json.loads(p["TranscriptionData"])["transcript"] for p in finals] == ["Hello there"]
+    finally:
+        sink.stop()
 
 
 ERROR_32651 = ["--error-at", "20", "--error-code", "32651"]

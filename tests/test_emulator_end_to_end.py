@@ -20,12 +20,12 @@ TOKEN = "e2e-emulator-token"
 ACCOUNT = "AC" + "e" * 32
 
 
-def expected_entries(script, tracks=("inbound", "outbound"), partials=True):
+def expected_entries(conversation, tracks=("inbound", "outbound"), partials=True):
     """The normalized events a full two-party call must leave, in order."""
     labels = {"inbound": "customer", "outbound": "agent"}
     rows: list[tuple] = [("started", None, None, None, None)]
     timed = []
-    for u in script.utterances:
+    for u in conversation.utterances:
         if u.track not in tracks:
             continue
         words = u.text.split()

@@ -1,6 +1,6 @@
 """`receiver emulate` and `receiver simulate`: the emulator from the command line.
 
-Both share the playback options (script, speed, injected faults), so a pipeline can be tested
+Both share the playback options (conversation, speed, injected faults), so a pipeline can be tested
 against the same behaviour whether it starts transcriptions through the REST resource
 (``emulate``) or just wants N calls now (``simulate``).
 """
@@ -44,14 +44,15 @@ Probability = click.FloatRange(0.0, 1.0)
 
 
 def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Conversation, speed, Timestamp and fault options, turned into ``script``, ``faults``,
-    ``speed`` and ``timestamp_digits``."""
+    """Conversation, speed, Timestamp and fault options, turned into ``conversation``,
+    ``faults``, ``speed`` and ``timestamp_digits``."""
     options = [
         click.option(
-            "--script",
-            "script_path",
+            "--conversation",
+            "--script",  # an alias that command lines and docs may use
+            "conversation_path",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="Conversation script (YAML or JSON); default: the built-in support call.",
+            help="Conversation to play (YAML or JSON); default: the built-in support call.",
         ),
         click.option(
             "--speed",
@@ -72,7 +73,7 @@ def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0.0),
             default=2.0,
             show_default=True,
-            help="Seconds (script time) a late callback may lag.",
+            help="Seconds (conversation time) a late callback may lag.",
         ),
         click.option(
             "--error-at",
@@ -113,9 +114,9 @@ def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         try:
-            script = load_conversation(kwargs.pop("script_path"))
+            conversation = load_conversation(kwargs.pop("conversation_path"))
         except ConversationError as error:
-            raise click.BadParameter(str(error), param_hint="--script") from None
+            raise click.BadParameter(str(error), param_hint="--conversation") from None
         code = kwargs.pop("error_code")
         faults = Faults(
             duplicates=kwargs.pop("duplicates"),
@@ -129,7 +130,7 @@ def playback_options(command: Callable[..., Any]) -> Callable[..., Any]:
             track_drift=kwargs.pop("track_drift"),
             seed=kwargs.pop("seed"),
         )
-        return command(script=script, faults=faults, **kwargs)
+        return command(conversation=conversation, faults=faults, **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -185,7 +186,7 @@ def emulate(
     auth_token,
     api_key,
     api_secret,
-    script,
+    conversation,
     faults,
     speed,
     timestamp_digits,
@@ -193,7 +194,7 @@ def emulate(
     """Run a local stand-in for Twilio's RealtimeTranscription REST resource.
 
     Point the official client at it (client.api.base_url, or --api-base-url of
-    `receiver transcriptions start`); each transcription it starts plays the script and sends
+    `receiver transcriptions start`); each transcription it starts plays the conversation and sends
     signed callbacks to its StatusCallbackUrl.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -203,7 +204,7 @@ def emulate(
         account_sid=account_sid,
         auth_token=auth_token,
         api_keys={api_key: api_secret} if api_key else {},
-        script=script,
+        conversation=conversation,
         faults=faults,
         speed=speed,
         allow_remote=allow_remote,
@@ -214,7 +215,9 @@ def emulate(
         server.start()
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    click.echo(f"Twilio emulator: {server.url}  (script {script.name!r}, speed {speed:g}x)")
+    click.echo(
+        f"Twilio emulator: {server.url}  (conversation {conversation.name!r}, speed {speed:g}x)"
+    )
     click.echo(f"Account SID: {account_sid}; callbacks signed with {_token_source(auth_token)}")
     click.echo(
         f"Try: receiver transcriptions start CA{uuid.uuid4().hex} --api-base-url {server.url}"
@@ -303,7 +306,7 @@ def simulate(
     allow_remote,
     account_sid,
     auth_token,
-    script,
+    conversation,
     faults,
     speed,
     timestamp_digits,
@@ -316,7 +319,7 @@ def simulate(
     emulator = _emulator(
         account_sid=account_sid,
         auth_token=auth_token,
-        script=script,
+        conversation=conversation,
         faults=faults,
         speed=speed,
         allow_remote=allow_remote,
@@ -333,8 +336,8 @@ def simulate(
     if name:
         params["Name"] = name
     click.echo(
-        f"Simulating {calls} call(s) of {script.length / speed:.1f}s against {url} "
-        f"(script {script.name!r}, speed {speed:g}x)"
+        f"Simulating {calls} call(s) of {conversation.length / speed:.1f}s against {url} "
+        f"(conversation {conversation.name!r}, speed {speed:g}x)"
     )
     transcriptions = start_calls(emulator, calls, params, account_sid)
     try:

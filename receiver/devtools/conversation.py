@@ -1,8 +1,9 @@
-"""Conversation scripts, and the callbacks Twilio would send while one is transcribed.
+"""Conversations (who says what, and when), and the callbacks Twilio would send while one is
+transcribed.
 
-Everything here is pure: a script and a transcription's settings go in, a timeline of signed-
-ready callback parameters comes out. The emulator plays timelines over HTTP; tests and other
-tools can reuse them without a server. Parameter names and value formats are Twilio's (see
+Everything here is pure: a conversation and a transcription's settings go in, a timeline of
+signed-ready callback parameters comes out. The emulator plays timelines over HTTP; tests and
+other tools can reuse them without a server. Parameter names and value formats are Twilio's (see
 ``shared/twilio-rtt-protocol.md``); what Twilio does not document is marked where it is chosen.
 """
 
@@ -36,6 +37,9 @@ TRACKS = ("inbound", "outbound")
 BUILTIN_CONVERSATION = "support-call"
 # Stability Google reports on partial results grows as more audio confirms the words.
 MIN_STABILITY, MAX_STABILITY = 0.4, 0.9
+# With PartialResults, Twilio sends Stability instead of confidence on every content event and
+# documents no value for a final: the emulator's choice, a final's text no longer changes.
+FINAL_STABILITY = 1.0
 # A failure mid-call: Twilio's documented code for a provider that went away.
 DEFAULT_ERROR_CODE = "32655"
 DEFAULT_ERROR_MESSAGE = TRANSCRIPTION_ERRORS[DEFAULT_ERROR_CODE]
@@ -45,7 +49,7 @@ DEFAULT_TIMESTAMP_DIGITS = 9
 
 
 class ConversationError(ValueError):
-    """A conversation script that cannot be played; the message names the field and value."""
+    """A conversation that cannot be played; the message names the field and value."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class TranscriptionSettings:
     inbound_track_label: str | None = None
     outbound_track_label: str | None = None
     partial_results: bool = False
-    language_code: str | None = None  # None: the script's language_code
+    language_code: str | None = None  # None: the conversation's language_code
     transcription_engine: str = DEFAULT_ENGINE
     speech_model: str | None = None  # None: the engine's default (telephony, nova-2)
     profanity_filter: bool = True
@@ -121,7 +125,7 @@ class Faults:
     duplicates: float = 0.0  # probability that a callback is delivered twice
     reorder: float = 0.0  # probability that a callback swaps places with the next one
     delay: float = 0.0  # probability that a callback is delivered late
-    max_delay: float = 2.0  # seconds of script time a late callback may lag
+    max_delay: float = 2.0  # seconds of conversation time a late callback may lag
     error_at: float | None = None  # seconds in: a transcription-error, then stopped
     error_code: str = DEFAULT_ERROR_CODE
     error_message: str = DEFAULT_ERROR_MESSAGE
@@ -141,7 +145,7 @@ class Faults:
 
 @dataclass(frozen=True)
 class Callback:
-    """One delivery: its parameters, when it happened and when it is sent (script seconds)."""
+    """One delivery: its parameters, when it happened and when it is sent (conversation seconds)."""
 
     event_at: float
     send_at: float
@@ -163,11 +167,13 @@ class Identity:
     call_sid: str
     transcription_sid: str
     started_at: datetime  # aware, UTC: Timestamp of the started event
-    speed: float = 1.0  # script seconds per wall-clock second: Timestamps are wall-clock times
+    speed: float = (
+        1.0  # conversation seconds per wall-clock second: Timestamps are wall-clock times
+    )
     timestamp_digits: int = DEFAULT_TIMESTAMP_DIGITS
 
     def wall(self, at: float) -> float:
-        """Wall-clock seconds since the start for ``at`` script seconds."""
+        """Wall-clock seconds since the start for ``at`` conversation seconds."""
         return at / self.speed
 
     def stamp(self, at: float) -> str:
@@ -183,8 +189,8 @@ def _number(data: Mapping, key: str, where: str, default: float | None = None) -
     return float(raw)
 
 
-def parse_conversation(data: object, source: str = "script") -> Conversation:
-    """Validate a script already read from YAML or JSON."""
+def parse_conversation(data: object, source: str = "conversation") -> Conversation:
+    """Validate a conversation already read from YAML or JSON."""
     if not isinstance(data, Mapping):
         raise ConversationError(f"{source}: must be a mapping with 'utterances'")
     items = data.get("utterances")
@@ -220,7 +226,7 @@ def parse_conversation(data: object, source: str = "script") -> Conversation:
 
 
 def load_conversation(path: str | Path | None = None) -> Conversation:
-    """A script from a ``.yaml``/``.yml``/``.json`` file, or the built-in one when ``None``."""
+    """A conversation from a ``.yaml``/``.yml``/``.json`` file, or the built-in one for ``None``."""
     if path is None:
         resource = files(__package__).joinpath("conversations", f"{BUILTIN_CONVERSATION}.yaml")
         return parse_conversation(
@@ -230,11 +236,13 @@ def load_conversation(path: str | Path | None = None) -> Conversation:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConversationError(f"script {str(path)!r}: {error.strerror}") from None
+        raise ConversationError(f"conversation {str(path)!r}: {error.strerror}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise ConversationError(f"script {str(path)!r}: not valid YAML/JSON: {error}") from None
+        raise ConversationError(
+            f"conversation {str(path)!r}: not valid YAML/JSON: {error}"
+        ) from None
     return parse_conversation(data, path.name)
 
 
@@ -268,8 +276,8 @@ def _started(settings: TranscriptionSettings) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Result:
-    """One recognition result of an utterance: the words heard so far, up to ``heard`` script
-    seconds after the utterance began."""
+    """One recognition result of an utterance: the words heard so far, up to ``heard``
+    conversation seconds after the utterance began."""
 
     utterance: Utterance
     words: tuple[str, ...]
@@ -279,7 +287,7 @@ class Result:
 
 
 def _word_times(result: Result) -> list[tuple[str, float, float]]:
-    """(word, start, end) in script seconds: the utterance's words spread evenly over it."""
+    """(word, start, end) in conversation seconds: the utterance's words spread evenly over it."""
     utterance = result.utterance
     step = utterance.duration / max(1, len(utterance.text.split()))
     return [
@@ -368,15 +376,21 @@ def provider_data(result: Result, identity: Identity, settings: TranscriptionSet
 def _content(
     settings: TranscriptionSettings, faults: Faults, identity: Identity, result: Result
 ) -> dict[str, str]:
-    """Partial results carry Stability and no confidence, finals the reverse [docs]."""
+    """With PartialResults, content events carry Stability and no confidence (finals too);
+    without, confidence and no Stability [docs]."""
     track = result.utterance.track
     label = settings.label(track)
+    confidence, stability = (
+        (None, FINAL_STABILITY if result.final else result.stability)
+        if settings.partial_results
+        else (result.utterance.confidence, None)
+    )
     params = content_params(
         label if faults.track_as_label and label else track_param(track),
         " ".join(result.words),
         final=result.final,
-        confidence=result.utterance.confidence if result.final else None,
-        stability=None if result.final else result.stability,
+        confidence=confidence,
+        stability=stability,
         language_code=settings.language_code or "en-US",
     )
     if settings.enable_provider_data:
@@ -420,7 +434,7 @@ def _common(identity: Identity, event: str, sequence_id: int, at: float) -> dict
 
 
 def events(
-    script: Conversation,
+    conversation: Conversation,
     settings: TranscriptionSettings,
     identity: Identity,
     faults: Faults = Faults(),
@@ -428,10 +442,10 @@ def events(
     """Every callback of the transcription in the order things happen, before delivery faults:
     started, content for the chosen tracks, an error when asked, and stopped at the end.
 
-    The script's ``language_code`` is what the speakers speak: it is the LanguageCode sent
+    The conversation's ``language_code`` is what the speakers speak: it is the LanguageCode sent
     unless the transcription was started with one of its own."""
     if settings.language_code is None:
-        settings = replace(settings, language_code=script.language_code)
+        settings = replace(settings, language_code=conversation.language_code)
     problem = settings.configuration_problem()
     if problem:
         # The emulator's choice: the resource is created, then the session fails at once.
@@ -440,11 +454,11 @@ def events(
         )
     tracks = settings.tracks()
     happened: list[tuple[float, str, dict[str, str]]] = [(0.0, "started", _started(settings))]
-    for utterance in script.utterances:
+    for utterance in conversation.utterances:
         if utterance.track in tracks:
             for at, params in _utterance_events(utterance, settings, faults, identity):
                 happened.append((at, "content", params))
-    end = max([script.length, *(at + 0.1 for at, _, _ in happened[1:])])
+    end = max([conversation.length, *(at + 0.1 for at, _, _ in happened[1:])])
     if faults.error_at is not None:
         end = min(end, faults.error_at)
         # started is always delivered first, even for an error at 0 s.
@@ -485,13 +499,13 @@ def apply_faults(callbacks: list[Callback], faults: Faults) -> list[Callback]:
 
 
 def timeline(
-    script: Conversation,
+    conversation: Conversation,
     settings: TranscriptionSettings,
     identity: Identity,
     faults: Faults = Faults(),
 ) -> list[Callback]:
     """What the emulator sends for one transcription, in sending order."""
-    return apply_faults(events(script, settings, identity, faults), faults)
+    return apply_faults(events(conversation, settings, identity, faults), faults)
 
 
 def stop_early(identity: Identity, plan: list[Callback], sent: int, at: float) -> list[Callback]:

@@ -28,7 +28,7 @@ from receiver.server.process import Served, ServeError, start
 from receiver.storage.store import Keys
 from receiver.views.callback import CALLBACK_PATH
 
-# Seconds allowed beyond the script's length before the demo stops waiting for the call.
+# Seconds allowed beyond the conversation's length before the demo stops waiting for the call.
 DEADLINE_MARGIN = 20.0
 
 
@@ -116,7 +116,7 @@ def run_demo(speed: float, finals_only: bool, with_dashboard: bool) -> None:
                     account_sid=DEFAULT_ACCOUNT_SID,
                     token=token,
                     workdir=workdir,
-                    every=emulator.emulator.script.length / speed / 2,
+                    every=emulator.emulator.conversation.length / speed / 2,
                 )
             twilio = Client(DEFAULT_ACCOUNT_SID, token)
             twilio.api.base_url = emulator.url
@@ -131,7 +131,9 @@ def run_demo(speed: float, finals_only: bool, with_dashboard: bool) -> None:
             click.echo(f"4/4 Call {call_sid}, transcription {created.sid} (via twilio client)\n")
             playback = emulator.emulator.transcriptions[created.sid].playback
             # A safety net only: the playback ends by itself, even when every callback fails.
-            deadline = time.monotonic() + emulator.emulator.script.length / speed + DEADLINE_MARGIN
+            deadline = (
+                time.monotonic() + emulator.emulator.conversation.length / speed + DEADLINE_MARGIN
+            )
             run_tail(
                 client,
                 url=server.url,

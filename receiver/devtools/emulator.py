@@ -2,7 +2,7 @@
 
 Faithful enough that the official ``twilio`` client, with only ``client.api.base_url`` pointed
 here, works unchanged: the same paths, form parameters, basic auth, resource JSON and error
-JSON. Each transcription it creates plays a conversation script and sends signed callbacks to
+JSON. Each transcription it creates plays a conversation and sends signed callbacks to
 its ``StatusCallbackUrl`` (``playback.py``), so a receiver can be tested without real calls.
 """
 
@@ -140,7 +140,7 @@ class Emulator:
 
     account_sid: str = DEFAULT_ACCOUNT_SID
     auth_token: str = DEFAULT_AUTH_TOKEN
-    script: Conversation = field(default_factory=load_conversation)
+    conversation: Conversation = field(default_factory=load_conversation)
     faults: Faults = field(default_factory=Faults)
     speed: float = 1.0
     allow_remote: bool = False
@@ -224,7 +224,7 @@ class Emulator:
             sid = "GT" + uuid.uuid4().hex
             now = datetime.now(UTC)
             identity = Identity(account_sid, call_sid, sid, now, self.speed, self.timestamp_digits)
-            plan = timeline(self.script, settings, identity, self.faults)
+            plan = timeline(self.conversation, settings, identity, self.faults)
             playback = Playback(
                 identity,
                 plan,

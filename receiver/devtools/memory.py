@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from receiver.devtools.conversation import FINAL_STABILITY
 from receiver.events import parse
 from receiver.protocol import callback_params, content_params, timestamp, track_param
 from receiver.storage.contract import Keys
@@ -211,11 +212,10 @@ def _callbacks(call_sid: str, workload: Workload, seed: int) -> Iterator[dict[st
             )
         seq += 1
         at += timedelta(seconds=utterance_seconds / (count + 1))
+        # PartialResults=true: the final carries Stability, not confidence, as partials do.
         yield params(
             "content",
-            **content_params(
-                track, " ".join(words) + ".", final=True, confidence=rng.uniform(0.8, 0.99)
-            ),
+            **content_params(track, " ".join(words) + ".", final=True, stability=FINAL_STABILITY),
         )
     seq += 1
     yield params("stopped")

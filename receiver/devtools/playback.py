@@ -149,7 +149,7 @@ class Playback:
         return self.finished.wait(timeout)
 
     def elapsed(self) -> float:
-        """Seconds of script time since the transcription started."""
+        """Seconds of conversation time since the transcription started."""
         return (time.monotonic() - self._started) * self.speed
 
     def _run(self) -> None:

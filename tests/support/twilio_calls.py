@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
+from receiver.devtools.conversation import FINAL_STABILITY
 from receiver.protocol import callback_params, content_params, timestamp
 
 TOKEN = "12345"
@@ -52,14 +53,19 @@ def content(
     track="inbound_track",
     final=True,
     confidence=0.93,
+    stability=None,
     **fields,
 ) -> dict[str, str]:
+    """A content callback: a final with ``confidence``, a partial with Stability 0.8, unless
+    told otherwise."""
+    if stability is None and not final:
+        stability = "0.8"
     params = content_params(
         track,
         text,
         final=final,
         confidence=confidence if final else None,
-        stability=None if final else "0.8",
+        stability=stability,
     )
     return callback("content", call_sid, transcription_sid, seq, **{**params, **fields})
 
@@ -97,7 +103,18 @@ def whole_call(call_sid: str, transcription_sid: str) -> list[dict[str, str]]:
                 )
             )
             seq += 1
-        events.append(content(call_sid, transcription_sid, seq, words, track=track))
+        # PartialResults=true: the final carries Stability and no confidence, as partials do.
+        events.append(
+            content(
+                call_sid,
+                transcription_sid,
+                seq,
+                words,
+                track=track,
+                confidence=None,
+                stability=FINAL_STABILITY,
+            )
+        )
         seq += 1
     events.append(callback("stopped", call_sid, transcription_sid, seq))
     return events

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
+from receiver.devtools.conversation import FINAL_STABILITY
 from receiver.protocol import SIGNATURE_HEADER, callback_params, content_params, timestamp
 from receiver.signature import compute
 
@@ -112,17 +113,15 @@ def call_params(
             clock += CALLBACK_SECONDS
             final = n == len(words)
             text = " ".join(words[:n])
-            confidence, stability = None, None
+            # PartialResults=true: Stability and no confidence, on partials and finals alike.
             if final:
                 text = text[0].upper() + text[1:] + "."
-                confidence = round(rng.uniform(0.8, 0.99), 7)
+                stability = FINAL_STABILITY
             else:
                 stability = rng.uniform(0.6, 0.95)
             yield {
                 **common("content"),
-                **content_params(
-                    track, text, final=final, confidence=confidence, stability=stability
-                ),
+                **content_params(track, text, final=final, stability=stability),
             }
 
 
