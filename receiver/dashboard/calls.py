@@ -4,7 +4,6 @@ one call's history (finals and lifecycle events; partial results only arrive liv
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +14,6 @@ from receiver.dashboard.transcript import Utterance, iso
 from receiver.dashboard.transcript import load as load_finals
 from receiver.storage.contract import Keys
 
-CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 # The index shows at most this many calls of each kind; a text search reads the finals of at
 # most SEARCH_CALLS of the newest ended calls.
 MAX_ROWS = 200

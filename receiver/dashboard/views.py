@@ -9,6 +9,7 @@ from flask import Blueprint, Response, abort, current_app, g, render_template, r
 
 from receiver.dashboard import calls, transcript
 from receiver.dashboard.live import Trimmed, feed, parse_id
+from receiver.protocol import SID_PATTERNS
 
 blueprint = Blueprint("dashboard", __name__)
 # How long a browser waits before reconnecting after the connection dropped.
@@ -20,7 +21,7 @@ def state():
 
 
 def _call_sid(call_sid: str) -> str:
-    if not calls.CALL_SID.match(call_sid):
+    if not SID_PATTERNS["CallSid"].match(call_sid):
         abort(404)
     return call_sid
 
