@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +18,8 @@ from receiver.dashboard.settings import (
     check_exposure,
     load_dashboard_settings,
 )
-from receiver.dashboard.transcript import Utterance, as_vtt
+from receiver.dashboard.transcript import Utterance, as_vtt, entry_time_score
+from receiver.protocol import provider_data, timestamp
 from receiver.storage.contract import Keys
 
 from .support.twilio_calls import callback, content, post, sid, whole_call
@@ -187,6 +189,74 @@ def test_conversation_history_and_downloads(client, viewer_client, call_sid):
     assert [u["sequence_id"] for u in data["utterances"]] == [5, 9, 50]
     vtt = viewer_client.get(f"/calls/{call_sid}/transcript.vtt").get_data(as_text=True)
     assert vtt.startswith("WEBVTT\n\n1\n") and "<v agent>sure what is wrong" in vtt
+
+
+def finals_everywhere(viewer_client, call_sid: str, texts: list[str]) -> dict[str, list[str]]:
+    """The order of ``texts`` on the call's page, in transcript.txt and in transcript.json."""
+    page = viewer_client.get(f"/calls/{call_sid}").get_data(as_text=True)
+    lines = viewer_client.get(f"/calls/{call_sid}/transcript.txt").get_data(as_text=True)
+    data = json.loads(viewer_client.get(f"/calls/{call_sid}/transcript.json").data)
+    return {
+        "page": sorted(texts, key=page.index),
+        "txt": [line.split(": ", 1)[1] for line in lines.splitlines()[1:]],
+        "json": [u["transcript"] for u in data["utterances"]],
+    }
+
+
+def test_two_transcriptions_taking_turns_interleave_as_they_came(client, viewer_client, call_sid):
+    """One transcription per track, no provider data: SequenceIds of the two cannot be
+    compared, so they interleave as stored; each stays in SequenceId order."""
+    customer, agent = sid("GT"), sid("GT")
+    post(client, callback("started", call_sid, customer, 1, Track="inbound_track"))
+    post(client, callback("started", call_sid, agent, 1, Track="outbound_track"))
+    for gt, seq, text in (
+        (customer, 2, "customer one"),
+        (agent, 2, "agent one"),
+        (customer, 4, "customer three"),  # delivered before its predecessor
+        (customer, 3, "customer two"),
+        (agent, 3, "agent two"),
+    ):
+        track = "inbound_track" if gt == customer else "outbound_track"
+        assert post(client, content(call_sid, gt, seq, text, track=track)).status_code == 200
+    expected = ["customer one", "agent one", "customer two", "customer three", "agent two"]
+    assert finals_everywhere(viewer_client, call_sid, expected) == dict.fromkeys(
+        ("page", "txt", "json"), expected
+    )
+
+
+def test_finals_follow_the_spoken_time_of_the_finals_set(
+    client, viewer_client, redis_client, call_sid
+):
+    """With provider timing the finals set orders the parties as they spoke; the page and the
+    downloads keep that order, not the order Twilio numbered the results in."""
+    gt = sid("GT")
+    post(client, callback("started", call_sid, gt, 1))
+    connected = timestamp(datetime.now(UTC) - timedelta(seconds=30))
+    for seq, text, track, start in (
+        (2, "customer, later", "inbound_track", 5.0),
+        (3, "agent, earlier", "outbound_track", 2.0),
+    ):
+        spoken = provider_data(connected, start, 1.0)
+        params = content(call_sid, gt, seq, text, track=track, TranscriptionProviderData=spoken)
+        assert post(client, params).status_code == 200
+    members = redis_client.zrange(KEYS.finals(call_sid), 0, -1)
+    expected = [json.loads(m)["transcript"] for m in members]
+    assert expected == ["agent, earlier", "customer, later"]
+    assert finals_everywhere(viewer_client, call_sid, expected) == dict.fromkeys(
+        ("page", "txt", "json"), expected
+    )
+    assert 'data-at="' in viewer_client.get(f"/calls/{call_sid}").get_data(as_text=True)
+
+
+def test_a_live_final_carries_the_time_it_is_placed_at():
+    timed = {"event": "content", "final": "true", "spoken_start": "2026-01-23T21:47:46.614Z"}
+    assert entry_time_score(timed) == 1769204866614
+    unparsed = {"event": "content", "final": "true", "provider_data": "x"}
+    assert entry_time_score({**unparsed, "timestamp": "2026-01-23T21:47:46.614Z"}) == (
+        1769204866614
+    )
+    assert entry_time_score({"event": "content", "final": "true", "sequence_id": "7"}) is None
+    assert entry_time_score({**timed, "final": "false"}) is None
 
 
 def test_vtt_cues_end_when_the_final_was_stored_and_never_overlap():

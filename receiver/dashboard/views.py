@@ -134,8 +134,11 @@ def events() -> Response:
                     yield ": keep-alive\n\n"
                     continue
                 entry_id, fields = entry
-                data = json.dumps({"id": entry_id, **fields}, ensure_ascii=False)
-                yield sse(entry_id, "entry", data)
+                data: dict[str, object] = {"id": entry_id, **fields}
+                at_ms = transcript.entry_time_score(fields)
+                if at_ms is not None:
+                    data["at_ms"] = at_ms  # where the page places it (transcript.in_order)
+                yield sse(entry_id, "entry", json.dumps(data, ensure_ascii=False))
         except Trimmed:
             yield sse(None, "resync", json.dumps({"reason": "reload: events were missed"}))
         finally:
