@@ -36,7 +36,7 @@ def create_app(settings: DashboardSettings | None = None) -> Flask:
         single_connection_client=True,
     )
     app.extensions["dashboard"] = State(
-        settings, keys, client, Hub(reader, keys, settings.viewer_buffer)
+        settings, keys, client, Hub(reader, keys, settings.viewer_buffer, settings.send_timeout)
     )
     auth.install(app, settings)
     app.register_blueprint(views.blueprint)

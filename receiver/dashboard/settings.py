@@ -29,6 +29,8 @@ class DashboardSettings:
     viewer_buffer: int = 2000
     # Finals below this confidence are marked (0-100, percent).
     low_confidence_percent: int = 60
+    # Seconds a write to a viewer may wait before the viewer is dropped (it stopped reading).
+    send_timeout: int = 30
 
     def __repr__(self) -> str:
         # The password must never reach a log or a traceback.
@@ -77,6 +79,7 @@ def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSe
         recent_hours=int_setting(env, "DASHBOARD_RECENT_HOURS", 24, 1),
         viewer_buffer=int_setting(env, "DASHBOARD_VIEWER_BUFFER", 2000, 10),
         low_confidence_percent=int_setting(env, "DASHBOARD_LOW_CONFIDENCE", 60, 0),
+        send_timeout=int_setting(env, "DASHBOARD_SEND_TIMEOUT", 30, 1),
     )
 
 

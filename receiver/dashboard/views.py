@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, abort, current_app, g, render_template, request
 
 from receiver.dashboard import calls, transcript
-from receiver.dashboard.live import Trimmed, feed, parse_id
+from receiver.dashboard.live import Trimmed, Viewer, feed, parse_id
 from receiver.protocol import SID_PATTERNS
 
 blueprint = Blueprint("dashboard", __name__)
@@ -123,12 +124,11 @@ def events() -> Response:
     if call_sid is not None:
         _call_sid(call_sid)
     after = _resume_point()
+    sock = request.environ.get("gunicorn.socket")
 
-    def stream() -> Iterator[str]:
-        # Subscribed here, not before: a client gone before the first write leaves nothing.
-        viewer = s.hub.subscribe(call_sid, partials=call_sid is not None)
+    def messages(viewer: Viewer) -> Iterator[str]:
+        yield f"retry: {RETRY_MS}\n: connected\n\n"
         try:
-            yield f"retry: {RETRY_MS}\n: connected\n\n"
             for entry in feed(s.hub, viewer, after, s.client):
                 if entry is None:
                     yield ": keep-alive\n\n"
@@ -141,6 +141,17 @@ def events() -> Response:
                 yield sse(entry_id, "entry", json.dumps(data, ensure_ascii=False))
         except Trimmed:
             yield sse(None, "resync", json.dumps({"reason": "reload: events were missed"}))
+
+    def stream() -> Iterator[str]:
+        # Subscribed here, not before: a client gone before the first write leaves nothing.
+        viewer = s.hub.subscribe(call_sid, partials=call_sid is not None, sock=sock)
+        try:
+            for message in messages(viewer):
+                # The server writes each message before asking for the next: a write that
+                # waits too long (the viewer stopped reading) gets the viewer dropped.
+                viewer.writing_since = time.monotonic()
+                yield message
+                viewer.writing_since = None
         finally:
             s.hub.unsubscribe(viewer)
 
