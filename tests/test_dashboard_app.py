@@ -20,6 +20,7 @@ from receiver.dashboard.settings import (
 )
 from receiver.dashboard.transcript import Utterance, as_vtt, entry_time_score
 from receiver.protocol import provider_data, timestamp
+from receiver.server.network import free_port
 from receiver.storage.contract import Keys
 
 from .support.twilio_calls import callback, content, post, sid, whole_call
@@ -92,6 +93,17 @@ def test_proxy_auth_trusts_the_user_header(redis_server, redis_client):
     page = client.get("/", headers={"X-Forwarded-User": "dana@example.com"})
     assert page.status_code == 200
     assert "dana@example.com" in page.get_data(as_text=True)
+
+
+def test_without_redis_it_starts_and_says_so():
+    app = create_app(DashboardSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    page = client.get("/", headers={"Accept": "text/html"})
+    assert page.status_code == 503 and "Redis is unavailable" in page.get_data(as_text=True)
+    assert page.headers["Content-Security-Policy"]
+    assert client.get(f"/calls/{sid('CA')}/transcript.txt").status_code == 503
 
 
 def test_security_headers(viewer_client):

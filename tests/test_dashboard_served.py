@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from receiver.dashboard.process import start_dashboard
+from receiver.server.embedded_redis import EmbeddedRedis
+from receiver.server.network import free_port
 from receiver.server.process import Served
 from receiver.storage.contract import Keys
 
@@ -100,3 +102,26 @@ def test_viewers_that_stop_reading_are_dropped_and_free_their_threads(stalling, 
     for viewer in viewers:
         assert closed_by_server(viewer, deadline), "a stalled stream stayed open"
         viewer.close()
+
+
+def test_it_starts_while_redis_is_down_and_recovers(tmp_path):
+    """Redis not there yet: the dashboard starts, says Redis is unavailable (the page and
+    /readyz, 503), and serves once Redis comes."""
+    later = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    dashboard = serve(tmp_path, REDIS_URL=later.url)
+    try:
+        assert answers(dashboard, "/healthz") == 200
+        assert answers(dashboard, "/readyz") == 503
+        with pytest.raises(urllib.error.HTTPError) as down:
+            urllib.request.urlopen(dashboard.url + "/", timeout=DEADLINE)
+        assert down.value.code == 503
+        page = down.value.read().decode()
+        assert "Redis is unavailable" in page and later.password not in page
+        later.start()
+        deadline = time.monotonic() + DEADLINE
+        while answers(dashboard, "/") != 200 or answers(dashboard, "/readyz") != 200:
+            assert time.monotonic() < deadline, "the dashboard did not recover"
+            time.sleep(0.2)
+    finally:
+        dashboard.stop()
+        later.stop()

@@ -28,12 +28,10 @@ def create_app(settings: DashboardSettings | None = None) -> Flask:
     client = redis.Redis.from_url(
         settings.redis_url, decode_responses=True, socket_timeout=10, health_check_interval=30
     )
-    # The reader blocks in XREAD: its socket waits longer than the block.
+    # The reader blocks in XREAD: its socket waits longer than the block. Both clients connect
+    # on first use, so the dashboard starts (and says so) while Redis is unavailable.
     reader = redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=READ_BLOCK_MS / 1000 + 10,
-        single_connection_client=True,
+        settings.redis_url, decode_responses=True, socket_timeout=READ_BLOCK_MS / 1000 + 10
     )
     app.extensions["dashboard"] = State(
         settings, keys, client, Hub(reader, keys, settings.viewer_buffer, settings.send_timeout)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 
+import redis
 from flask import Blueprint, Response, abort, current_app, g, render_template, request
 
 from receiver.dashboard import calls, transcript
 from receiver.dashboard.live import Trimmed, Viewer, feed, parse_id
 from receiver.protocol import SID_PATTERNS
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("dashboard", __name__)
 # How long a browser waits before reconnecting after the connection dropped.
 RETRY_MS = 1000
@@ -30,6 +33,23 @@ def _call_sid(call_sid: str) -> str:
 @blueprint.get("/healthz")
 def healthz() -> Response:
     return Response("ok\n", mimetype="text/plain")
+
+
+@blueprint.get("/readyz")
+def readyz() -> Response:
+    """Ready when Redis answers: the pages need it, the process itself does not."""
+    state().client.ping()
+    return Response("ready\n", mimetype="text/plain")
+
+
+@blueprint.app_errorhandler(redis.RedisError)
+def redis_unavailable(error: redis.RedisError) -> tuple[str | Response, int]:
+    """Redis is down or unreachable: say so (never its URL), and try again. The dashboard
+    connects on each use, so it recovers by itself once Redis is back."""
+    log.warning("dashboard: Redis is unavailable: %s", type(error).__name__)
+    if request.path == "/readyz" or not request.accept_mimetypes.accept_html:
+        return Response("Redis is unavailable\n", mimetype="text/plain"), 503
+    return render_template("unavailable.html", reason=type(error).__name__, user=g.get("user")), 503
 
 
 @blueprint.get("/")
@@ -141,6 +161,10 @@ def events() -> Response:
                 yield sse(entry_id, "entry", json.dumps(data, ensure_ascii=False))
         except Trimmed:
             yield sse(None, "resync", json.dumps({"reason": "reload: events were missed"}))
+        except redis.RedisError as error:
+            # The replay could not be read: end the stream; the browser reconnects from its
+            # last event (retry above) and the replay is tried again.
+            log.warning("dashboard: replay failed, Redis is unavailable: %s", type(error).__name__)
 
     def stream() -> Iterator[str]:
         # Subscribed here, not before: a client gone before the first write leaves nothing.
