@@ -161,6 +161,31 @@ def test_a_live_call_from_start_to_end(stack, context):
     expect(index.locator(f'#ended tr[data-call="{call_sid}"]')).to_be_visible()
 
 
+def test_late_events_of_an_ended_call_do_not_bring_it_back(stack, context):
+    """Twilio does not guarantee order: a final and an error delivered after the stopped event
+    leave the call among the ended ones; only a new transcription-started brings it back."""
+    index = context.new_page()
+    index.goto(stack.dashboard.url + "/")
+    expect(index.locator("#live-status")).to_have_text("live")
+    call_sid, gt = sid("CA"), sid("GT")
+    stack.send(started(call_sid, gt))
+    stack.send(callback("stopped", call_sid, gt, 4))
+    ended = index.locator(f'#ended tr[data-call="{call_sid}"]')
+    expect(ended).to_be_visible(timeout=LIVE_DEADLINE_MS)
+    stack.send(content(call_sid, gt, 2, "said before the stop"))
+    stack.send(
+        callback("error", call_sid, gt, 3, TranscriptionErrorCode="32655", TranscriptionError="x")
+    )
+    expect(ended.locator("td.errors")).to_have_text("1")  # both arrived
+    expect(ended.locator("td.count")).to_have_text("1")
+    expect(index.locator(f'#active tr[data-call="{call_sid}"]')).to_have_count(0)
+    again = sid("GT")
+    stack.send(started(call_sid, again))
+    expect(index.locator(f'#active tr[data-call="{call_sid}"]')).to_be_visible()
+    stack.send(callback("stopped", call_sid, again, 2))
+    expect(ended).to_be_visible()
+
+
 def test_a_restart_of_the_dashboard_resumes_without_duplicates(stack, context):
     call_sid, gt = sid("CA"), sid("GT")
     stack.send(started(call_sid, gt))

@@ -121,17 +121,20 @@
       if (!row) {
         if (e.event === "stopped") return;
         row = newRow(e);
-      } else if (e.event !== "stopped" && row.parentNode === ended) {
-        active.insertBefore(row, active.firstChild); // the call came back
+      } else if (e.event === "started" && row.parentNode === ended) {
+        // A new transcription: the call came back. Anything else after its end is a late
+        // delivery (Twilio does not guarantee order) and leaves it among the ended calls.
+        active.insertBefore(row, active.firstChild);
         cell(row, "duration").dataset.start = String(Date.parse(row.querySelector("time").getAttribute("datetime")));
       }
+      const inProgress = row.parentNode === active;
       const transcriptions = new Set(row.dataset.transcriptions.split(" ").filter(Boolean));
       if (e.event === "started") {
         transcriptions.add(e.transcription_sid);
         addLabel(row, e.inbound_track_label);
         addLabel(row, e.outbound_track_label);
       } else if (e.event === "content" && e.final === "true") {
-        transcriptions.add(e.transcription_sid);
+        if (inProgress) transcriptions.add(e.transcription_sid); // its started may come later
         const count = cell(row, "count");
         count.textContent = String(Number(count.textContent || "0") + 1);
         cell(row, "latest").textContent = `${e.track_label || e.track || ""}: ${e.transcript || ""}`;
