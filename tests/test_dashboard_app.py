@@ -24,6 +24,7 @@ from receiver.server.network import free_port
 from receiver.storage.contract import Keys
 
 from .support.twilio_calls import callback, content, post, sid, whole_call
+from .test_cluster import cluster_app, cluster_client, far_call_sid, redis_cluster  # noqa: F401
 
 KEYS = Keys()
 
@@ -366,3 +367,33 @@ def test_resume_from_a_trimmed_id_asks_to_resynchronize(hub, redis_client, keys)
     viewer = hub.subscribe("CA1", partials=True)
     with pytest.raises(Trimmed):
         list(replay(redis_client, keys, old, viewer))
+
+
+# ---- on a Redis Cluster -----------------------------------------------------------------
+
+
+@pytest.mark.slow  # starts a Redis Cluster
+def test_the_dashboard_on_a_cluster(redis_cluster, cluster_app, cluster_client, far_call_sid):  # noqa: F811
+    """REDIS_CLUSTER=1: the pages, the downloads, the search and the live feed read keys of
+    every slot (the call's on another master than the global keys)."""
+    settings = load_dashboard_settings({"REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"})
+    dashboard = create_app(settings)
+    viewer = dashboard.test_client()
+    receiver = cluster_app.test_client()
+    for params in whole_call(far_call_sid, sid("GT")):
+        assert post(receiver, params).status_code == 200
+    assert viewer.get("/readyz").status_code == 200
+    index = viewer.get("/?q=help").get_data(as_text=True)
+    assert far_call_sid in index.split('id="ended"')[1]
+    assert "sure what is wrong" in viewer.get(f"/calls/{far_call_sid}").get_data(as_text=True)
+    text = viewer.get(f"/calls/{far_call_sid}/transcript.txt").get_data(as_text=True)
+    assert text.splitlines()[1:] and "agent: sure what is wrong" in text
+    hub = dashboard.extensions["dashboard"].hub
+    try:
+        live = hub.subscribe(None, partials=False)
+        another = sid("CA")
+        post(receiver, callback("started", another, sid("GT"), 1))
+        entry = live.next(timeout=30)
+        assert entry is not None and entry[1]["call_sid"] == another
+    finally:
+        hub.stop()
