@@ -261,6 +261,33 @@ def test_finals_follow_the_spoken_time_of_the_finals_set(
     assert 'data-at="' in viewer_client.get(f"/calls/{call_sid}").get_data(as_text=True)
 
 
+def test_the_json_download_has_every_field_of_each_final(
+    client, viewer_client, redis_client, call_sid
+):
+    gt = sid("GT")
+    post(client, callback("started", call_sid, gt, 1))
+    connected = timestamp(datetime.now(UTC) - timedelta(seconds=30))
+    spoken = provider_data(connected, 2.0, 1.5)
+    post(client, content(call_sid, gt, 2, "timed", TranscriptionProviderData=spoken))
+    post(client, content(call_sid, gt, 3, "untimed"))
+    members = [json.loads(m) for m in redis_client.zrange(KEYS.finals(call_sid), 0, -1)]
+    data = json.loads(viewer_client.get(f"/calls/{call_sid}/transcript.json").data)
+    by_seq = {u["sequence_id"]: u for u in data["utterances"]}
+    assert len(members) == len(by_seq) == 2
+    for member in members:
+        assert {k: v for k, v in by_seq[member["sequence_id"]].items() if k != "time"} == member
+    assert "spoken_start" in by_seq[2] and "spoken_end" in by_seq[2]
+
+
+def test_a_last_event_id_beyond_what_redis_takes_is_refused_with_a_reason(viewer_client):
+    for value in ("99999999999999999999-0", "1-99999999999999999999", "+1-0", "1-2-3"):
+        refused = viewer_client.get("/events", headers={"Last-Event-ID": value})
+        assert refused.status_code == 400, value
+        assert "Last-Event-ID" in refused.get_data(as_text=True)
+    refused = viewer_client.get("/events?after=18446744073709551616-0")
+    assert refused.status_code == 400 and "after" in refused.get_data(as_text=True)
+
+
 def test_a_live_final_carries_the_time_it_is_placed_at():
     timed = {"event": "content", "final": "true", "spoken_start": "2026-01-23T21:47:46.614Z"}
     assert entry_time_score(timed) == 1769204866614

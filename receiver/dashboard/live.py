@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -36,10 +37,21 @@ REPLAY_PAGE = 500
 READ_BLOCK_MS = 2000
 
 
+# A stream entry id as Redis takes it: ``<ms>-<seq>`` (or ``<ms>``), each an unsigned 64-bit
+# integer.
+ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+ID_PART_MAX = 2**64 - 1
+
+
 def parse_id(entry_id: str) -> tuple[int, int]:
-    """A stream entry id as a comparable pair; ValueError when it is not ``ms-seq``."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    """A stream entry id as a comparable pair; ValueError when Redis would refuse it."""
+    match = ENTRY_ID.match(entry_id)
+    if not match:
+        raise ValueError(f"{entry_id[:64]!r} is not a stream entry id (<ms>-<seq>)")
+    ms, seq = int(match[1]), int(match[2] or 0)
+    if ms > ID_PART_MAX or seq > ID_PART_MAX:
+        raise ValueError(f"{entry_id[:64]!r}: each part of an entry id is below 2^64")
+    return ms, seq
 
 
 def is_partial(fields: dict[str, str]) -> bool:

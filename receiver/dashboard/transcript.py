@@ -46,8 +46,19 @@ class Utterance:
     transcript: str
     confidence: str
     entry_id: str
+    # When the words were spoken, when the provider data said so.
+    spoken_start: str | None = None
+    spoken_end: str | None = None
     # The epoch ms the finals set orders it by, None when that is its SequenceId.
     at_ms: int | None = field(default=None, compare=False)
+
+    def fields(self) -> dict[str, object]:
+        """The final's fields as the finals set holds them (``spoken_*`` only when known)."""
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k != "at_ms" and not (k.startswith("spoken_") and v is None)
+        }
 
     @property
     def is_final(self) -> bool:
@@ -154,6 +165,8 @@ def load(client: redis.Redis, keys: Keys, call_sid: str) -> list[Utterance]:
                 transcript=str(data.get("transcript", "")),
                 confidence=str(data.get("confidence") or ""),
                 entry_id=str(data.get("entry_id", "0-0")),
+                spoken_start=data.get("spoken_start"),
+                spoken_end=data.get("spoken_end"),
                 at_ms=_member_time_score(data, score),
             )
         )
@@ -169,10 +182,7 @@ def as_text(call_sid: str, utterances: list[Utterance]) -> str:
 def as_json(call_sid: str, utterances: list[Utterance]) -> str:
     body = {
         "call_sid": call_sid,
-        "utterances": [
-            {**{k: v for k, v in asdict(u).items() if k != "at_ms"}, "time": u.time}
-            for u in utterances
-        ],
+        "utterances": [{**u.fields(), "time": u.time} for u in utterances],
     }
     return json.dumps(body, ensure_ascii=False, indent=2) + "\n"
 

@@ -119,13 +119,17 @@ def transcript_vtt(call_sid: str) -> Response:
 
 
 def _resume_point() -> str | None:
-    """The browser's ``Last-Event-ID`` on a reconnect, else the page's ``after``."""
-    for value in (request.headers.get("Last-Event-ID"), request.args.get("after")):
+    """The browser's ``Last-Event-ID`` on a reconnect, else the page's ``after``; 400 with the
+    reason when it is no entry id Redis would take."""
+    for name, value in (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("after", request.args.get("after")),
+    ):
         if value:
             try:
                 parse_id(value.strip())
-            except ValueError:
-                abort(400)
+            except ValueError as error:
+                abort(Response(f"{name}: {error}\n", 400, mimetype="text/plain"))
             return value.strip()
     return None
 
