@@ -151,6 +151,17 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}={raw!r} must be 1 or 0 (true/false, yes/no)")
 
 
+def redis_cluster_setting(env: Mapping[str, str], redis_url: str | None) -> bool:
+    """REDIS_CLUSTER: whether ``redis_url`` names a node of a Redis Cluster."""
+    redis_cluster = _flag(env, "REDIS_CLUSTER")
+    if redis_cluster and (not redis_url or urlsplit(redis_url).scheme == "unix"):
+        raise ConfigError(
+            "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
+            f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
+        )
+    return redis_cluster
+
+
 def secret(env: Mapping[str, str], name: str) -> str:
     """A secret from ``<name>_FILE`` (Docker and Kubernetes secrets) when that is set, else
     from ``<name>``; a file that cannot be read is a ConfigError naming it."""
@@ -332,12 +343,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         raise ConfigError(
             f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
         )
-    redis_cluster = _flag(env, "REDIS_CLUSTER")
-    if redis_cluster and (not redis_url or urlsplit(redis_url).scheme == "unix"):
-        raise ConfigError(
-            "REDIS_CLUSTER=1 needs REDIS_URL=redis://… or rediss://… naming a cluster node "
-            f"(got {redact_url(redis_url)!r}; the embedded Redis is not a cluster)"
-        )
+    redis_cluster = redis_cluster_setting(env, redis_url)
     retention = int_setting(env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60)
     return Settings(
         auth_tokens=tokens,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,10 +18,13 @@ from receiver.dashboard.settings import (
     check_exposure,
     load_dashboard_settings,
 )
-from receiver.dashboard.transcript import Utterance, as_vtt
+from receiver.dashboard.transcript import Utterance, as_vtt, entry_time_score
+from receiver.protocol import provider_data, timestamp
+from receiver.server.network import free_port
 from receiver.storage.contract import Keys
 
 from .support.twilio_calls import callback, content, post, sid, whole_call
+from .test_cluster import cluster_app, cluster_client, far_call_sid, redis_cluster  # noqa: F401
 
 KEYS = Keys()
 
@@ -90,6 +94,17 @@ def test_proxy_auth_trusts_the_user_header(redis_server, redis_client):
     page = client.get("/", headers={"X-Forwarded-User": "dana@example.com"})
     assert page.status_code == 200
     assert "dana@example.com" in page.get_data(as_text=True)
+
+
+def test_without_redis_it_starts_and_says_so():
+    app = create_app(DashboardSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    page = client.get("/", headers={"Accept": "text/html"})
+    assert page.status_code == 503 and "Redis is unavailable" in page.get_data(as_text=True)
+    assert page.headers["Content-Security-Policy"]
+    assert client.get(f"/calls/{sid('CA')}/transcript.txt").status_code == 503
 
 
 def test_security_headers(viewer_client):
@@ -189,6 +204,101 @@ def test_conversation_history_and_downloads(client, viewer_client, call_sid):
     assert vtt.startswith("WEBVTT\n\n1\n") and "<v agent>sure what is wrong" in vtt
 
 
+def finals_everywhere(viewer_client, call_sid: str, texts: list[str]) -> dict[str, list[str]]:
+    """The order of ``texts`` on the call's page, in transcript.txt and in transcript.json."""
+    page = viewer_client.get(f"/calls/{call_sid}").get_data(as_text=True)
+    lines = viewer_client.get(f"/calls/{call_sid}/transcript.txt").get_data(as_text=True)
+    data = json.loads(viewer_client.get(f"/calls/{call_sid}/transcript.json").data)
+    return {
+        "page": sorted(texts, key=page.index),
+        "txt": [line.split(": ", 1)[1] for line in lines.splitlines()[1:]],
+        "json": [u["transcript"] for u in data["utterances"]],
+    }
+
+
+def test_two_transcriptions_taking_turns_interleave_as_they_came(client, viewer_client, call_sid):
+    """One transcription per track, no provider data: SequenceIds of the two cannot be
+    compared, so they interleave as stored; each stays in SequenceId order."""
+    customer, agent = sid("GT"), sid("GT")
+    post(client, callback("started", call_sid, customer, 1, Track="inbound_track"))
+    post(client, callback("started", call_sid, agent, 1, Track="outbound_track"))
+    for gt, seq, text in (
+        (customer, 2, "customer one"),
+        (agent, 2, "agent one"),
+        (customer, 4, "customer three"),  # delivered before its predecessor
+        (customer, 3, "customer two"),
+        (agent, 3, "agent two"),
+    ):
+        track = "inbound_track" if gt == customer else "outbound_track"
+        assert post(client, content(call_sid, gt, seq, text, track=track)).status_code == 200
+    expected = ["customer one", "agent one", "customer two", "customer three", "agent two"]
+    assert finals_everywhere(viewer_client, call_sid, expected) == dict.fromkeys(
+        ("page", "txt", "json"), expected
+    )
+
+
+def test_finals_follow_the_spoken_time_of_the_finals_set(
+    client, viewer_client, redis_client, call_sid
+):
+    """With provider timing the finals set orders the parties as they spoke; the page and the
+    downloads keep that order, not the order Twilio numbered the results in."""
+    gt = sid("GT")
+    post(client, callback("started", call_sid, gt, 1))
+    connected = timestamp(datetime.now(UTC) - timedelta(seconds=30))
+    for seq, text, track, start in (
+        (2, "customer, later", "inbound_track", 5.0),
+        (3, "agent, earlier", "outbound_track", 2.0),
+    ):
+        spoken = provider_data(connected, start, 1.0)
+        params = content(call_sid, gt, seq, text, track=track, TranscriptionProviderData=spoken)
+        assert post(client, params).status_code == 200
+    members = redis_client.zrange(KEYS.finals(call_sid), 0, -1)
+    expected = [json.loads(m)["transcript"] for m in members]
+    assert expected == ["agent, earlier", "customer, later"]
+    assert finals_everywhere(viewer_client, call_sid, expected) == dict.fromkeys(
+        ("page", "txt", "json"), expected
+    )
+    assert 'data-at="' in viewer_client.get(f"/calls/{call_sid}").get_data(as_text=True)
+
+
+def test_the_json_download_has_every_field_of_each_final(
+    client, viewer_client, redis_client, call_sid
+):
+    gt = sid("GT")
+    post(client, callback("started", call_sid, gt, 1))
+    connected = timestamp(datetime.now(UTC) - timedelta(seconds=30))
+    spoken = provider_data(connected, 2.0, 1.5)
+    post(client, content(call_sid, gt, 2, "timed", TranscriptionProviderData=spoken))
+    post(client, content(call_sid, gt, 3, "untimed"))
+    members = [json.loads(m) for m in redis_client.zrange(KEYS.finals(call_sid), 0, -1)]
+    data = json.loads(viewer_client.get(f"/calls/{call_sid}/transcript.json").data)
+    by_seq = {u["sequence_id"]: u for u in data["utterances"]}
+    assert len(members) == len(by_seq) == 2
+    for member in members:
+        assert {k: v for k, v in by_seq[member["sequence_id"]].items() if k != "time"} == member
+    assert "spoken_start" in by_seq[2] and "spoken_end" in by_seq[2]
+
+
+def test_a_last_event_id_beyond_what_redis_takes_is_refused_with_a_reason(viewer_client):
+    for value in ("99999999999999999999-0", "1-99999999999999999999", "+1-0", "1-2-3"):
+        refused = viewer_client.get("/events", headers={"Last-Event-ID": value})
+        assert refused.status_code == 400, value
+        assert "Last-Event-ID" in refused.get_data(as_text=True)
+    refused = viewer_client.get("/events?after=18446744073709551616-0")
+    assert refused.status_code == 400 and "after" in refused.get_data(as_text=True)
+
+
+def test_a_live_final_carries_the_time_it_is_placed_at():
+    timed = {"event": "content", "final": "true", "spoken_start": "2026-01-23T21:47:46.614Z"}
+    assert entry_time_score(timed) == 1769204866614
+    unparsed = {"event": "content", "final": "true", "provider_data": "x"}
+    assert entry_time_score({**unparsed, "timestamp": "2026-01-23T21:47:46.614Z"}) == (
+        1769204866614
+    )
+    assert entry_time_score({"event": "content", "final": "true", "sequence_id": "7"}) is None
+    assert entry_time_score({**timed, "final": "false"}) is None
+
+
 def test_vtt_cues_end_when_the_final_was_stored_and_never_overlap():
     def u(ms: int, text: str) -> Utterance:
         return Utterance("GT1", ms, "inbound", "a b", text, "0.9", f"{ms}-0")
@@ -284,3 +394,33 @@ def test_resume_from_a_trimmed_id_asks_to_resynchronize(hub, redis_client, keys)
     viewer = hub.subscribe("CA1", partials=True)
     with pytest.raises(Trimmed):
         list(replay(redis_client, keys, old, viewer))
+
+
+# ---- on a Redis Cluster -----------------------------------------------------------------
+
+
+@pytest.mark.slow  # starts a Redis Cluster
+def test_the_dashboard_on_a_cluster(redis_cluster, cluster_app, cluster_client, far_call_sid):  # noqa: F811
+    """REDIS_CLUSTER=1: the pages, the downloads, the search and the live feed read keys of
+    every slot (the call's on another master than the global keys)."""
+    settings = load_dashboard_settings({"REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"})
+    dashboard = create_app(settings)
+    viewer = dashboard.test_client()
+    receiver = cluster_app.test_client()
+    for params in whole_call(far_call_sid, sid("GT")):
+        assert post(receiver, params).status_code == 200
+    assert viewer.get("/readyz").status_code == 200
+    index = viewer.get("/?q=help").get_data(as_text=True)
+    assert far_call_sid in index.split('id="ended"')[1]
+    assert "sure what is wrong" in viewer.get(f"/calls/{far_call_sid}").get_data(as_text=True)
+    text = viewer.get(f"/calls/{far_call_sid}/transcript.txt").get_data(as_text=True)
+    assert text.splitlines()[1:] and "agent: sure what is wrong" in text
+    hub = dashboard.extensions["dashboard"].hub
+    try:
+        live = hub.subscribe(None, partials=False)
+        another = sid("CA")
+        post(receiver, callback("started", another, sid("GT"), 1))
+        entry = live.next(timeout=30)
+        assert entry is not None and entry[1]["call_sid"] == another
+    finally:
+        hub.stop()

@@ -11,11 +11,13 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from receiver.devtools.emulator import DEFAULT_ACCOUNT_SID, Emulator, EmulatorServer
+from receiver.protocol import provider_data, timestamp
 
 from .support.dashboard_stack import PASSWORD, Stack
 from .support.twilio_calls import TOKEN, callback, content, sid, started
@@ -159,6 +161,31 @@ def test_a_live_call_from_start_to_end(stack, context):
     expect(index.locator(f'#ended tr[data-call="{call_sid}"]')).to_be_visible()
 
 
+def test_late_events_of_an_ended_call_do_not_bring_it_back(stack, context):
+    """Twilio does not guarantee order: a final and an error delivered after the stopped event
+    leave the call among the ended ones; only a new transcription-started brings it back."""
+    index = context.new_page()
+    index.goto(stack.dashboard.url + "/")
+    expect(index.locator("#live-status")).to_have_text("live")
+    call_sid, gt = sid("CA"), sid("GT")
+    stack.send(started(call_sid, gt))
+    stack.send(callback("stopped", call_sid, gt, 4))
+    ended = index.locator(f'#ended tr[data-call="{call_sid}"]')
+    expect(ended).to_be_visible(timeout=LIVE_DEADLINE_MS)
+    stack.send(content(call_sid, gt, 2, "said before the stop"))
+    stack.send(
+        callback("error", call_sid, gt, 3, TranscriptionErrorCode="32655", TranscriptionError="x")
+    )
+    expect(ended.locator("td.errors")).to_have_text("1")  # both arrived
+    expect(ended.locator("td.count")).to_have_text("1")
+    expect(index.locator(f'#active tr[data-call="{call_sid}"]')).to_have_count(0)
+    again = sid("GT")
+    stack.send(started(call_sid, again))
+    expect(index.locator(f'#active tr[data-call="{call_sid}"]')).to_be_visible()
+    stack.send(callback("stopped", call_sid, again, 2))
+    expect(ended).to_be_visible()
+
+
 def test_a_restart_of_the_dashboard_resumes_without_duplicates(stack, context):
     call_sid, gt = sid("CA"), sid("GT")
     stack.send(started(call_sid, gt))
@@ -179,6 +206,49 @@ def test_a_restart_of_the_dashboard_resumes_without_duplicates(stack, context):
     texts = page.locator("li.msg.final .text")
     expect(texts).to_have_text([f"utterance {n}" for n in range(2, 10)], timeout=15000)
     assert page.evaluate("window.sameDocument") is True  # resumed, not reloaded
+
+
+def test_the_live_page_orders_finals_as_the_page_served_and_the_downloads(stack, context):
+    """Live updates place each final where the served page and transcript.txt have it: two
+    single-track transcriptions interleave as stored; provider timing orders as spoken."""
+    turns, spoken = sid("CA"), sid("CA")
+    customer, agent, gt = sid("GT"), sid("GT"), sid("GT")
+    stack.send(callback("started", turns, customer, 1, Track="inbound_track"))
+    stack.send(callback("started", turns, agent, 1, Track="outbound_track"))
+    stack.send(started(spoken, gt))
+    pages = {}
+    for call_sid in (turns, spoken):
+        pages[call_sid] = context.new_page()
+        pages[call_sid].goto(f"{stack.dashboard.url}/calls/{call_sid}")
+        expect(pages[call_sid].locator("#live-status")).to_have_text("live")
+    for transcription, seq, text in (
+        (customer, 2, "customer one"),
+        (agent, 2, "agent one"),
+        (customer, 4, "customer three"),  # delivered before its predecessor
+        (customer, 3, "customer two"),
+        (agent, 3, "agent two"),
+    ):
+        track = "inbound_track" if transcription == customer else "outbound_track"
+        assert stack.send(content(turns, transcription, seq, text, track=track)) == 200
+    connected = timestamp(datetime.now(UTC) - timedelta(seconds=30))
+    for seq, text, track, start in (
+        (2, "customer, later", "inbound_track", 5.0),
+        (3, "agent, earlier", "outbound_track", 2.0),
+    ):
+        timing = provider_data(connected, start, 1.0)
+        stack.send(content(spoken, gt, seq, text, track=track, TranscriptionProviderData=timing))
+    expected = {
+        turns: ["customer one", "agent one", "customer two", "customer three", "agent two"],
+        spoken: ["agent, earlier", "customer, later"],
+    }
+    for call_sid, page in pages.items():
+        texts = page.locator("li.msg.final .text")
+        expect(texts).to_have_text(expected[call_sid], timeout=LIVE_DEADLINE_MS)  # live
+        page.reload()
+        expect(texts).to_have_text(expected[call_sid])  # served
+        download = context.request.get(f"{stack.dashboard.url}/calls/{call_sid}/transcript.txt")
+        lines = download.text().splitlines()[1:]
+        assert [line.split(": ", 1)[1] for line in lines] == expected[call_sid]
 
 
 def test_hostile_transcripts_show_as_text_and_run_nothing(stack, context):

@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -28,6 +30,8 @@ import redis
 from twilio.request_validator import RequestValidator
 
 from receiver.dashboard.process import start_dashboard
+from receiver.devtools.bench.probes import rss_mib
+from receiver.protocol import TRACKS, callback_params, content_params, timestamp
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served, start
 
@@ -37,21 +41,17 @@ ACCOUNT_SID = "AC" + "0" * 32
 DASHBOARD_COMMANDS = ("xread", "xrange", "xrevrange", "zrange", "zrevrange", "hgetall", "ping")
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def rss(pid: int) -> float | None:
+    """The process's resident memory in MiB (None when it is gone)."""
+    return rss_mib([pid]).get(str(pid))
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float | None:
+    """None without samples: the figures are JSON, which has no NaN."""
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
 class Viewers:
@@ -112,62 +112,127 @@ class Viewers:
         self.loop.close()
 
 
+def call_params(call_sid: str, gt: str, seq: int) -> dict[str, str]:
+    """Callback ``seq`` of the bench's call, built as Twilio sends it and stamped now (the
+    receiver refuses a ``Timestamp`` older than MAX_EVENT_AGE_SECONDS): a started, then content
+    alternating between the tracks every four events, each fourth one a final."""
+    if seq == 1:
+        event, params = "started", {"Track": "both_tracks"}
+    else:
+        final = seq % 4 == 0
+        event = "content"
+        params = content_params(
+            TRACKS[0] if seq % 8 < 4 else TRACKS[1],
+            f"words {seq}",
+            final=final,
+            confidence=0.9 if final else None,
+        )
+    return callback_params(
+        event,
+        account_sid=ACCOUNT_SID,
+        call_sid=call_sid,
+        transcription_sid=gt,
+        sequence_id=seq,
+        timestamp=timestamp(datetime.now(UTC)),
+        **params,
+    )
+
+
 def send_call(
     receiver: Served, token: str, call_sid: str, rate: float, seconds: float
-) -> dict[int, float]:
-    """One call's callbacks at ``rate`` per second for ``seconds``: started, then content on
-    both tracks (a final after every three partials); when each got its 200, by SequenceId."""
+) -> tuple[dict[int, float], dict[int, str]]:
+    """One call's callbacks at ``rate`` per second for ``seconds``: when each got its 200, by
+    SequenceId, and what the others got instead."""
     gt = f"GT{uuid.uuid4().hex}"
     url = receiver.url + CALLBACK_PATH
     validator = RequestValidator(token)
     connection = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=10)
     answered: dict[int, float] = {}
+    refused: dict[int, str] = {}
     began = time.monotonic()
     total = max(2, int(rate * seconds))
     for seq in range(1, total + 1):
-        params = {
-            "AccountSid": ACCOUNT_SID,
-            "CallSid": call_sid,
-            "TranscriptionSid": gt,
-            "SequenceId": str(seq),
-            "Timestamp": "2026-11-28T09:00:00.000Z",
-        }
-        if seq == 1:
-            params.update(TranscriptionEvent="transcription-started", Track="both_tracks")
-        else:
-            final = seq % 4 == 0
-            params.update(
-                TranscriptionEvent="transcription-content",
-                Track="inbound_track" if seq % 8 < 4 else "outbound_track",
-                Final="true" if final else "false",
-                TranscriptionData=json.dumps(
-                    {"transcript": f"words {seq}", **({"confidence": 0.9} if final else {})}
-                ),
-            )
-        body = urlencode(params)
         due = began + (seq - 1) / rate
         time.sleep(max(0.0, due - time.monotonic()))
-        connection.request(
-            "POST",
-            CALLBACK_PATH,
-            body=body,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "X-Twilio-Signature": validator.compute_signature(url, params),
-            },
-        )
-        answer = connection.getresponse()
-        answer.read()
+        params = call_params(call_sid, gt, seq)
+        try:
+            connection.request(
+                "POST",
+                CALLBACK_PATH,
+                body=urlencode(params),
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Twilio-Signature": validator.compute_signature(url, params),
+                },
+            )
+            answer = connection.getresponse()
+            body = answer.read()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            refused[seq] = f"{type(error).__name__}: {error}"
+            continue
         if answer.status == 200:
             answered[seq] = time.monotonic()
+        else:
+            refused[seq] = f"{answer.status} {body[:200].decode(errors='replace').strip()}"
     connection.close()
-    return answered
+    return answered, refused
 
 
 def command_counts(client: redis.Redis) -> tuple[int, dict[str, int]]:
     stats = client.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
     return sum(calls.values()), calls
+
+
+@dataclass
+class Run:
+    """The figures of one run (None where there was nothing to measure: JSON has no NaN)."""
+
+    viewers: int
+    callbacks: int
+    callbacks_refused: int
+    first_refusal: str | None
+    seconds: float
+    redis_commands_per_s: float
+    dashboard_commands_per_s: float
+    events_expected: int
+    events_missed: int
+    latency_ms_p50: float | None
+    latency_ms_p99: float | None
+    latency_ms_max: float | None
+    latency_ms_mean: float | None
+    dashboard_rss_mib_before: float | None
+    dashboard_rss_mib_after: float | None
+    commands: dict[str, int]
+
+    def problems(self) -> list[str]:
+        """Why the run measured nothing trustworthy: a callback not answered 200, no callback
+        stored, an event missed."""
+        found = []
+        if self.callbacks_refused:
+            found.append(
+                f"{self.callbacks_refused} callbacks were not answered 200 (the first: "
+                f"{self.first_refusal})"
+            )
+        if not self.callbacks:
+            found.append("no callback was stored")
+        if self.events_missed:
+            missed = f"{self.events_missed} of {self.events_expected}"
+            found.append(f"the viewers missed {missed} events")
+        return found
+
+    def describe(self) -> str:
+        """The run in words, for a terminal."""
+        delivered = self.events_expected - self.events_missed
+        return (
+            f"{self.viewers} viewers: {self.callbacks} callbacks in {self.seconds} s; Redis "
+            f"{self.redis_commands_per_s} commands/s (the dashboard's: "
+            f"{self.dashboard_commands_per_s}); events delivered {delivered} of "
+            f"{self.events_expected}; 200 -> viewer p50 {_ms(self.latency_ms_p50)}, p99 "
+            f"{_ms(self.latency_ms_p99)}, max {_ms(self.latency_ms_max)}; dashboard RSS "
+            f"{self.dashboard_rss_mib_before} -> {self.dashboard_rss_mib_after} MiB"
+        )
 
 
 def phase(
@@ -178,19 +243,19 @@ def phase(
     viewers_count: int,
     rate: float,
     seconds: float,
-) -> dict[str, object]:
+) -> Run:
     call_sid = f"CA{uuid.uuid4().hex}"
     viewers = Viewers(f"{dashboard.url}/events?call={call_sid}", viewers_count)
     viewers.start()
     worker = max(dashboard.worker_pids() or [dashboard.process.pid])
-    rss_before = rss_kib(worker)
+    rss_before = rss(worker)
     total_before, calls_before = command_counts(client)
     began = time.monotonic()
-    answered = send_call(receiver, token, call_sid, rate, seconds)
+    answered, refused = send_call(receiver, token, call_sid, rate, seconds)
     elapsed = time.monotonic() - began
     time.sleep(1.0)  # stragglers
     total_after, calls_after = command_counts(client)
-    rss_after = rss_kib(worker)
+    rss_after = rss(worker)
     viewers.stop()
     latencies = [
         (got[seq] - answered[seq]) * 1000
@@ -205,22 +270,28 @@ def phase(
     busiest = sorted(
         ((calls_after[c] - calls_before.get(c, 0), c) for c in calls_after), reverse=True
     )
-    return {
-        "viewers": viewers_count,
-        "callbacks": len(answered),
-        "seconds": round(elapsed, 2),
-        "redis_commands_per_s": round((total_after - total_before) / elapsed, 1),
-        "dashboard_commands_per_s": round(dashboard_calls / elapsed, 1),
-        "events_expected": expected,
-        "events_missed": expected - len(latencies),
-        "latency_ms_p50": round(percentile(latencies, 0.50), 2),
-        "latency_ms_p99": round(percentile(latencies, 0.99), 2),
-        "latency_ms_max": round(max(latencies), 2) if latencies else None,
-        "latency_ms_mean": round(statistics.fmean(latencies), 2) if latencies else None,
-        "dashboard_rss_mib_before": round(rss_before / 1024, 1),
-        "dashboard_rss_mib_after": round(rss_after / 1024, 1),
-        "commands": {name: count for count, name in busiest[:8]},
-    }
+    return Run(
+        viewers=viewers_count,
+        callbacks=len(answered),
+        callbacks_refused=len(refused),
+        first_refusal=next(iter(refused.values()), None),
+        seconds=round(elapsed, 2),
+        redis_commands_per_s=round((total_after - total_before) / elapsed, 1),
+        dashboard_commands_per_s=round(dashboard_calls / elapsed, 1),
+        events_expected=expected,
+        events_missed=expected - len(latencies),
+        latency_ms_p50=percentile(latencies, 0.50),
+        latency_ms_p99=percentile(latencies, 0.99),
+        latency_ms_max=round(max(latencies), 2) if latencies else None,
+        latency_ms_mean=round(statistics.fmean(latencies), 2) if latencies else None,
+        dashboard_rss_mib_before=rss_before,
+        dashboard_rss_mib_after=rss_after,
+        commands={name: count for count, name in busiest[:8]},
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value} ms"
 
 
 @click.command("dashboard-bench")
@@ -235,7 +306,8 @@ def dashboard_bench(viewers: str, rate: float, duration: float, threads: int, as
     if max(counts) > threads:
         raise click.ClickException(f"--threads {threads} holds fewer viewers than {max(counts)}")
     token = secrets.token_hex(16)
-    results = []
+    results: list[Run] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rtt-dashboard-bench-") as tmp:
         workdir = Path(tmp)
         server = EmbeddedRedis(workdir / "redis").start()
@@ -270,11 +342,19 @@ def dashboard_bench(viewers: str, rate: float, duration: float, threads: int, as
                 client.config_resetstat()
                 results.append(phase(client, receiver, dashboard, token, count, rate, duration))
                 if not as_json:
-                    click.echo(json.dumps(results[-1]))
+                    click.echo(results[-1].describe())
+                failed = results[-1].problems()
+                if failed:
+                    break
         finally:
             for process in reversed(served):
                 with contextlib.suppress(Exception):
                     process.stop()
             server.stop()
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps([asdict(r) for r in results], indent=2, allow_nan=False))
+    if failed:
+        raise click.ClickException(
+            f"the run with {results[-1].viewers} viewers measured nothing trustworthy: "
+            + "; ".join(failed)
+        )

@@ -4,18 +4,16 @@ one call's history (finals and lifecycle events; partial results only arrive liv
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 
 import redis
 
 from receiver.dashboard.live import parse_id
-from receiver.dashboard.transcript import Utterance, iso
+from receiver.dashboard.transcript import Utterance, in_order, iso
 from receiver.dashboard.transcript import load as load_finals
 from receiver.storage.contract import Keys
 
-CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 # The index shows at most this many calls of each kind; a text search reads the finals of at
 # most SEARCH_CALLS of the newest ended calls.
 MAX_ROWS = 200
@@ -144,6 +142,12 @@ class Item:
     text: str = ""
     confidence: str = ""
     low: bool = False
+    # The epoch ms a final is ordered by, None when by SequenceId (transcript.in_order).
+    at_ms: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.kind == "final"
 
 
 @dataclass
@@ -220,13 +224,9 @@ def conversation(
                 text=u.transcript,
                 confidence=u.confidence,
                 low=low,
+                at_ms=u.at_ms,
             )
         )
-    first_seen: dict[str, tuple[int, int]] = {}
-    for item in items:
-        key = parse_id(item.entry_id)
-        first_seen[item.transcription_sid] = min(first_seen.get(item.transcription_sid, key), key)
-    items.sort(key=lambda i: (first_seen[i.transcription_sid], i.sequence_id, parse_id(i.entry_id)))
     by_track = {"inbound": "", "outbound": ""}
     for name, label in labels.items():
         track = name.rpartition(":")[2]
@@ -235,7 +235,7 @@ def conversation(
     started = iso(parse_id(entries[0][0])[0]) if entries else None
     return Conversation(
         call_sid=call_sid,
-        items=items,
+        items=in_order(items),
         labels=by_track,
         active=active is not None,
         after=after,

@@ -3,9 +3,13 @@
 Redis load does not grow with the number of viewers: one blocking ``XREAD`` serves them all.
 The reader never waits for a viewer: each has a bounded queue, and a viewer whose queue is
 full is marked as fallen behind and told to resynchronize, so a stalled browser cannot delay
-the others. An event's identity for the browser is its ``{prefix}:events`` entry id (the SSE
-``id``), so a reconnecting browser (``Last-Event-ID``) resumes from Redis with no gap and no
-duplicate, also across a restart of the dashboard.
+the others. A viewer that stops reading altogether would hold its server thread in a write
+forever: the reader also shuts down the socket of any viewer whose write has waited longer
+than the send timeout, which ends that write and frees the thread.
+
+An event's identity for the browser is its ``{prefix}:events`` entry id (the SSE ``id``), so
+a reconnecting browser (``Last-Event-ID``) resumes from Redis with no gap and no duplicate,
+also across a restart of the dashboard.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,10 +37,21 @@ REPLAY_PAGE = 500
 READ_BLOCK_MS = 2000
 
 
+# A stream entry id as Redis takes it: ``<ms>-<seq>`` (or ``<ms>``), each an unsigned 64-bit
+# integer.
+ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+ID_PART_MAX = 2**64 - 1
+
+
 def parse_id(entry_id: str) -> tuple[int, int]:
-    """A stream entry id as a comparable pair; ValueError when it is not ``ms-seq``."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    """A stream entry id as a comparable pair; ValueError when Redis would refuse it."""
+    match = ENTRY_ID.match(entry_id)
+    if not match:
+        raise ValueError(f"{entry_id[:64]!r} is not a stream entry id (<ms>-<seq>)")
+    ms, seq = int(match[1]), int(match[2] or 0)
+    if ms > ID_PART_MAX or seq > ID_PART_MAX:
+        raise ValueError(f"{entry_id[:64]!r}: each part of an entry id is below 2^64")
+    return ms, seq
 
 
 def is_partial(fields: dict[str, str]) -> bool:
@@ -48,7 +65,11 @@ class Viewer:
     call_sid: str | None
     partials: bool
     size: int
+    # The connection to the browser (gunicorn's), so that a stalled write can be ended.
+    sock: socket.socket | None = None
     fell_behind: bool = False
+    # When the write in progress began (monotonic), None between writes.
+    writing_since: float | None = None
     queue: queue.Queue[Entry] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,22 +95,38 @@ class Viewer:
         except queue.Empty:
             return None
 
+    def stalled(self, now: float, timeout: float) -> bool:
+        since = self.writing_since
+        return since is not None and now - since > timeout
+
+    def drop(self) -> None:
+        """End the connection: a write blocked on it fails (EPIPE) and its thread is free.
+        Called by the reader only, for a viewer that stopped reading."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self.sock.shutdown(socket.SHUT_RDWR)
+
 
 class Hub:
     """The process's one reader of the global stream and its viewers."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, buffer: int) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, buffer: int, send_timeout: float = 30
+    ) -> None:
         self.client = client
         self.keys = keys
         self.buffer = buffer
+        self.send_timeout = send_timeout
         self._viewers: set[Viewer] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.last_id: str | None = None
 
-    def subscribe(self, call_sid: str | None, *, partials: bool) -> Viewer:
-        viewer = Viewer(call_sid, partials, self.buffer)
+    def subscribe(
+        self, call_sid: str | None, *, partials: bool, sock: socket.socket | None = None
+    ) -> Viewer:
+        viewer = Viewer(call_sid, partials, self.buffer, sock)
         with self._lock:
             self._viewers.add(viewer)
             if self._thread is None or not self._thread.is_alive():
@@ -122,6 +159,7 @@ class Hub:
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            self._drop_stalled()
             try:
                 if self.last_id is None:
                     self._position()
@@ -137,6 +175,15 @@ class Hub:
             for _key, entries in answer or []:
                 for entry in entries:
                     self._dispatch(entry)
+
+    def _drop_stalled(self) -> None:
+        # Checked at every read, i.e. at least every READ_BLOCK_MS (or retry wait).
+        now = time.monotonic()
+        with self._lock:
+            stalled = [v for v in self._viewers if v.stalled(now, self.send_timeout)]
+        for viewer in stalled:
+            log.info("dashboard: dropped a viewer that stopped reading")
+            viewer.drop()
 
     def _position(self) -> None:
         # A concrete id, not "$": nothing is missed between two reads.

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from receiver.config import PREFIX_PATTERN, ConfigError, int_setting, redact_url, secret
+from receiver.config import (
+    PREFIX_PATTERN,
+    ConfigError,
+    int_setting,
+    redact_url,
+    redis_cluster_setting,
+    secret,
+)
 from receiver.server.network import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
@@ -20,6 +27,8 @@ AuthMode = Literal["basic", "proxy", "none"]
 class DashboardSettings:
     redis_url: str
     stream_prefix: str = "rtt"
+    # REDIS_URL names a node of a Redis Cluster.
+    redis_cluster: bool = False
     auth: AuthMode = "none"
     username: str = "rtt"
     password: str | None = None
@@ -29,12 +38,15 @@ class DashboardSettings:
     viewer_buffer: int = 2000
     # Finals below this confidence are marked (0-100, percent).
     low_confidence_percent: int = 60
+    # Seconds a write to a viewer may wait before the viewer is dropped (it stopped reading).
+    send_timeout: int = 30
 
     def __repr__(self) -> str:
         # The password must never reach a log or a traceback.
         return (
             f"DashboardSettings(redis_url={redact_url(self.redis_url)!r}, "
-            f"stream_prefix={self.stream_prefix!r}, auth={self.auth!r}, "
+            f"stream_prefix={self.stream_prefix!r}, redis_cluster={self.redis_cluster}, "
+            f"auth={self.auth!r}, "
             f"username={self.username!r}, password={'<hidden>' if self.password else None})"
         )
 
@@ -70,6 +82,7 @@ def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSe
     return DashboardSettings(
         redis_url=redis_url,
         stream_prefix=prefix,
+        redis_cluster=redis_cluster_setting(env, redis_url),
         auth=auth,
         username=username,
         password=password,
@@ -77,6 +90,7 @@ def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSe
         recent_hours=int_setting(env, "DASHBOARD_RECENT_HOURS", 24, 1),
         viewer_buffer=int_setting(env, "DASHBOARD_VIEWER_BUFFER", 2000, 10),
         low_confidence_percent=int_setting(env, "DASHBOARD_LOW_CONFIDENCE", 60, 0),
+        send_timeout=int_setting(env, "DASHBOARD_SEND_TIMEOUT", 30, 1),
     )
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 
+import redis
 from flask import Blueprint, Response, abort, current_app, g, render_template, request
 
 from receiver.dashboard import calls, transcript
-from receiver.dashboard.live import Trimmed, feed, parse_id
+from receiver.dashboard.live import Trimmed, Viewer, feed, parse_id
+from receiver.protocol import SID_PATTERNS
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("dashboard", __name__)
 # How long a browser waits before reconnecting after the connection dropped.
 RETRY_MS = 1000
@@ -20,7 +25,7 @@ def state():
 
 
 def _call_sid(call_sid: str) -> str:
-    if not calls.CALL_SID.match(call_sid):
+    if not SID_PATTERNS["CallSid"].match(call_sid):
         abort(404)
     return call_sid
 
@@ -28,6 +33,23 @@ def _call_sid(call_sid: str) -> str:
 @blueprint.get("/healthz")
 def healthz() -> Response:
     return Response("ok\n", mimetype="text/plain")
+
+
+@blueprint.get("/readyz")
+def readyz() -> Response:
+    """Ready when Redis answers: the pages need it, the process itself does not."""
+    state().client.ping()
+    return Response("ready\n", mimetype="text/plain")
+
+
+@blueprint.app_errorhandler(redis.RedisError)
+def redis_unavailable(error: redis.RedisError) -> tuple[str | Response, int]:
+    """Redis is down or unreachable: say so (never its URL), and try again. The dashboard
+    connects on each use, so it recovers by itself once Redis is back."""
+    log.warning("dashboard: Redis is unavailable: %s", type(error).__name__)
+    if request.path == "/readyz" or not request.accept_mimetypes.accept_html:
+        return Response("Redis is unavailable\n", mimetype="text/plain"), 503
+    return render_template("unavailable.html", reason=type(error).__name__, user=g.get("user")), 503
 
 
 @blueprint.get("/")
@@ -97,13 +119,17 @@ def transcript_vtt(call_sid: str) -> Response:
 
 
 def _resume_point() -> str | None:
-    """The browser's ``Last-Event-ID`` on a reconnect, else the page's ``after``."""
-    for value in (request.headers.get("Last-Event-ID"), request.args.get("after")):
+    """The browser's ``Last-Event-ID`` on a reconnect, else the page's ``after``; 400 with the
+    reason when it is no entry id Redis would take."""
+    for name, value in (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("after", request.args.get("after")),
+    ):
         if value:
             try:
                 parse_id(value.strip())
-            except ValueError:
-                abort(400)
+            except ValueError as error:
+                abort(Response(f"{name}: {error}\n", 400, mimetype="text/plain"))
             return value.strip()
     return None
 
@@ -122,21 +148,38 @@ def events() -> Response:
     if call_sid is not None:
         _call_sid(call_sid)
     after = _resume_point()
+    sock = request.environ.get("gunicorn.socket")
 
-    def stream() -> Iterator[str]:
-        # Subscribed here, not before: a client gone before the first write leaves nothing.
-        viewer = s.hub.subscribe(call_sid, partials=call_sid is not None)
+    def messages(viewer: Viewer) -> Iterator[str]:
+        yield f"retry: {RETRY_MS}\n: connected\n\n"
         try:
-            yield f"retry: {RETRY_MS}\n: connected\n\n"
             for entry in feed(s.hub, viewer, after, s.client):
                 if entry is None:
                     yield ": keep-alive\n\n"
                     continue
                 entry_id, fields = entry
-                data = json.dumps({"id": entry_id, **fields}, ensure_ascii=False)
-                yield sse(entry_id, "entry", data)
+                data: dict[str, object] = {"id": entry_id, **fields}
+                at_ms = transcript.entry_time_score(fields)
+                if at_ms is not None:
+                    data["at_ms"] = at_ms  # where the page places it (transcript.in_order)
+                yield sse(entry_id, "entry", json.dumps(data, ensure_ascii=False))
         except Trimmed:
             yield sse(None, "resync", json.dumps({"reason": "reload: events were missed"}))
+        except redis.RedisError as error:
+            # The replay could not be read: end the stream; the browser reconnects from its
+            # last event (retry above) and the replay is tried again.
+            log.warning("dashboard: replay failed, Redis is unavailable: %s", type(error).__name__)
+
+    def stream() -> Iterator[str]:
+        # Subscribed here, not before: a client gone before the first write leaves nothing.
+        viewer = s.hub.subscribe(call_sid, partials=call_sid is not None, sock=sock)
+        try:
+            for message in messages(viewer):
+                # The server writes each message before asking for the next: a write that
+                # waits too long (the viewer stopped reading) gets the viewer dropped.
+                viewer.writing_since = time.monotonic()
+                yield message
+                viewer.writing_since = None
         finally:
             s.hub.unsubscribe(viewer)
 

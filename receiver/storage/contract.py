@@ -115,16 +115,26 @@ def entry_fields(event: Event) -> list[str]:
     return flat
 
 
+def time_score(
+    spoken_start: str | None, provider_data: str | None, timestamp: str | None
+) -> int | None:
+    """The epoch ms a final is scored by in the finals sorted set when that is a time: its
+    ``spoken_start`` when the provider said when the words were spoken (orders both tracks as
+    spoken); with provider data that gives no spoken time (it did not parse), its
+    ``Timestamp``, on the same scale as its neighbours' spoken time. None without provider data
+    (a session without EnableProviderData): the final is scored by its SequenceId."""
+    if spoken_start:
+        spoken = datetime.fromisoformat(spoken_start.replace("Z", "+00:00"))
+        return round(spoken.timestamp() * 1000)
+    if provider_data is not None and timestamp:
+        return round(parse_timestamp(timestamp).timestamp() * 1000)
+    return None
+
+
 def finals_score(event: Event) -> str:
-    """The score of a final in the finals sorted set: the epoch ms of ``spoken_start`` when the
-    provider said when the words were spoken (orders both tracks as spoken); with provider data
-    that gives no spoken time (it did not parse), the epoch ms of ``Timestamp``, on the same
-    scale as its neighbours' spoken time; without provider data (a session without
-    EnableProviderData), SequenceId (production order, exact within a track only); "" when
-    none is known."""
-    if event.spoken_start:
-        spoken = datetime.fromisoformat(event.spoken_start.replace("Z", "+00:00"))
-        return str(round(spoken.timestamp() * 1000))
-    if event.provider_data is not None and event.timestamp:
-        return str(round(parse_timestamp(event.timestamp).timestamp() * 1000))
+    """The score of a final in the finals sorted set: its time score (``time_score``), else its
+    SequenceId (production order, exact within a track only); "" when none is known."""
+    at = time_score(event.spoken_start, event.provider_data, event.timestamp)
+    if at is not None:
+        return str(at)
     return "" if event.sequence_id is None else str(event.sequence_id)

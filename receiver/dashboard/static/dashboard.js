@@ -121,17 +121,20 @@
       if (!row) {
         if (e.event === "stopped") return;
         row = newRow(e);
-      } else if (e.event !== "stopped" && row.parentNode === ended) {
-        active.insertBefore(row, active.firstChild); // the call came back
+      } else if (e.event === "started" && row.parentNode === ended) {
+        // A new transcription: the call came back. Anything else after its end is a late
+        // delivery (Twilio does not guarantee order) and leaves it among the ended calls.
+        active.insertBefore(row, active.firstChild);
         cell(row, "duration").dataset.start = String(Date.parse(row.querySelector("time").getAttribute("datetime")));
       }
+      const inProgress = row.parentNode === active;
       const transcriptions = new Set(row.dataset.transcriptions.split(" ").filter(Boolean));
       if (e.event === "started") {
         transcriptions.add(e.transcription_sid);
         addLabel(row, e.inbound_track_label);
         addLabel(row, e.outbound_track_label);
       } else if (e.event === "content" && e.final === "true") {
-        transcriptions.add(e.transcription_sid);
+        if (inProgress) transcriptions.add(e.transcription_sid); // its started may come later
         const count = cell(row, "count");
         count.textContent = String(Number(count.textContent || "0") + 1);
         cell(row, "latest").textContent = `${e.track_label || e.track || ""}: ${e.transcript || ""}`;
@@ -180,18 +183,62 @@
       return page.scrollTop + page.clientHeight >= page.scrollHeight - 80;
     }
 
-    // Keeps each transcription's lines in SequenceId order, whatever the arrival order.
-    function place(li) {
-      const seq = Number(li.dataset.seq || "0");
-      for (const other of chat.children) {
-        if (other.dataset.tsid === li.dataset.tsid && Number(other.dataset.seq || "0") > seq &&
-            !other.classList.contains("partial")) {
-          chat.insertBefore(li, other);
-          return;
+    // The order of the downloads and of the page as served (receiver/dashboard/transcript.py,
+    // docs/dashboard.md): a final with a time (data-at: spoken time or Timestamp) at that time;
+    // any other line when it was stored (data-entry), or just before the first later SequenceId
+    // of its transcription stored before it (finals only, for a final). Ties: SequenceId, then
+    // as stored. Partial results stay below.
+    const NEVER = [Infinity, 0];
+    const entryPlace = (id) => (id || "0-0").split("-").map(Number).concat([0]).slice(0, 2);
+    const before = (a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]);
+    const earliest = (a, b) => (before(b, a) ? b : a);
+    const cmp = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
+    const comparePlaces = (a, b) => (before(a, b) ? -1 : before(b, a) ? 1 : 0);
+
+    function reorder() {
+      const lines = [...chat.children].filter((li) => !li.classList.contains("partial"));
+      const groups = new Map();
+      const info = lines.map((li) => {
+        const timed = li.dataset.at !== undefined && li.dataset.at !== "";
+        const x = {
+          li,
+          tsid: li.dataset.tsid || "",
+          seq: Number(li.dataset.seq || "0"),
+          entry: entryPlace(li.dataset.entry),
+          final: li.classList.contains("final"),
+          timed,
+        };
+        x.base = timed ? [Number(li.dataset.at), 0] : x.entry;
+        if (!groups.has(x.tsid)) groups.set(x.tsid, []);
+        groups.get(x.tsid).push(x);
+        return x;
+      });
+      for (const group of groups.values()) {
+        group.sort((a, b) => b.seq - a.seq);
+        let laterFinal = NEVER, laterAny = NEVER;
+        for (let n = 0; n < group.length;) {
+          let end = n;
+          while (end < group.length && group[end].seq === group[n].seq) end++;
+          for (const x of group.slice(n, end)) {
+            x.place = x.timed ? x.base : earliest(x.base, x.final ? laterFinal : laterAny);
+          }
+          for (const x of group.slice(n, end)) {
+            laterAny = earliest(laterAny, x.base);
+            if (x.final) laterFinal = earliest(laterFinal, x.base);
+          }
+          n = end;
         }
       }
+      info.sort((a, b) => comparePlaces(a.place, b.place) || a.seq - b.seq ||
+        comparePlaces(a.entry, b.entry) || cmp(a.tsid, b.tsid));
+      if (info.every((x, n) => x.li === lines[n])) return;
       const firstPartial = chat.querySelector("li.partial");
-      chat.insertBefore(li, firstPartial);
+      for (const x of info) chat.insertBefore(x.li, firstPartial);
+    }
+
+    function place(li) {
+      chat.insertBefore(li, chat.querySelector("li.partial"));
+      reorder();
     }
 
     function bubble(e, cls) {
@@ -201,6 +248,7 @@
       li.dataset.tsid = e.transcription_sid || "";
       li.dataset.seq = e.sequence_id || "0";
       li.dataset.track = e.track || "";
+      if (e.at_ms !== undefined && e.at_ms !== null) li.dataset.at = String(e.at_ms);
       const who = document.createElement("div");
       who.className = "who";
       who.textContent = e.track_label || labels[e.track] || e.track || "";
