@@ -123,6 +123,28 @@ def test_a_folded_started_cannot_rewrite_a_track_label(client, redis_client, cal
     assert [e["outbound_track_label"] for e in stored(redis_client, call_sid)] == ["agent"]
 
 
+def _split_name_variants(params: dict[str, str], name: str, cuts: int) -> list[str]:
+    """Bodies where the start of ``name``'s value joins its name, sent twice: the signed text
+    (names and values concatenated, repeated values collapsed) stays the same."""
+    rest = [(k, v) for k, v in params.items() if k != name]
+    value = params[name]
+    pairs = [(name + value[:cut], value[cut:]) for cut in range(1, cuts + 1)]
+    return [form([*rest, pair, pair]) for pair in pairs]
+
+
+def test_every_variant_of_one_signed_request_is_one_dead_letter(client, redis_client, call_sid):
+    original = content(call_sid, sid("GT"), 7, "hello there", final=False)
+    signature = sign(URL, original)
+    body = form(list(original.items()))
+    variants = [body + "&Final=false" * copies for copies in range(1, 6)]
+    variants += _split_name_variants(original, "TranscriptionData", 11)
+    for variant in variants:
+        assert RequestValidator(TOKEN).compute_signature(URL, _multi(variant)) == signature
+        assert raw_post(client, variant, signature).status_code == 400
+    assert redis_client.xlen("rtt:rejected") == 1
+    assert stored(redis_client, call_sid) == []
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
