@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, urlencode
@@ -14,7 +15,7 @@ from twilio.request_validator import RequestValidator
 
 from receiver import create_app
 from receiver.config import Settings
-from receiver.events import InvalidEvent, parse
+from receiver.events import REASONS, InvalidEvent, parse
 from receiver.protocol import timestamp
 from receiver.storage import open_store
 from receiver.storage.contract import Keys
@@ -143,6 +144,21 @@ def test_every_variant_of_one_signed_request_is_one_dead_letter(client, redis_cl
         assert raw_post(client, variant, signature).status_code == 400
     assert redis_client.xlen("rtt:rejected") == 1
     assert stored(redis_client, call_sid) == []
+
+
+def test_names_a_sender_chose_reach_no_metric_label_and_no_log_line(client, call_sid, caplog):
+    """Each variant's repeated name is new text: as a label, one new series per request (a
+    Prometheus DoS), and the transcript in the log."""
+    original = content(call_sid, sid("GT"), 7, "my card is 4111", final=False)
+    signature = sign(URL, original)
+    with caplog.at_level(logging.INFO, logger="receiver.callbacks"):
+        for variant in _split_name_variants(original, "TranscriptionData", 30):
+            assert raw_post(client, variant, signature).status_code == 400
+    lines = [json.dumps(r.fields) for r in caplog.records if r.name == "receiver.callbacks"]
+    assert len(lines) == 30 and all('"reason": "repeated"' in line for line in lines)
+    assert not any("transcript" in line or "4111" in line for line in lines)
+    exposition = client.get("/metrics").get_data(as_text=True)
+    assert set(re.findall(r'reason="([^"]*)"', exposition)) <= {"", *REASONS}
 
 
 @pytest.mark.parametrize(

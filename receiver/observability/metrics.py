@@ -34,8 +34,8 @@ EVENT_TYPES = ("started", "content", "stopped", "error")
 
 CALLBACKS = Counter(
     "rtt_callbacks",
-    "Transcription callbacks answered, by event type and outcome; reason is the Twilio "
-    "parameter at fault for rejected callbacks.",
+    "Transcription callbacks answered, by event type and outcome; reason says why a callback "
+    "was rejected (the documented Twilio parameter at fault, repeated, timestamp_*, other).",
     ["event", "outcome", "reason"],
 )
 CALLBACK_DURATION = Histogram(

@@ -69,12 +69,11 @@ def _normalize(receiver: Receiver, req: Request, params: dict[str, list[str]]) -
         check_age(event, datetime.now(UTC), receiver.settings.max_event_age_seconds)
         return event
     except InvalidEvent as error:
+        # The label, never the field: a repeated name is the sender's text.
+        note(outcome="rejected", reason=error.label)
         if isinstance(error, StaleEvent):
-            # Counted and logged: a misset clock must not lose events unseen.
-            note(outcome="rejected", reason=f"timestamp_{error.kind}")
+            # Logged: a misset clock must not lose events unseen.
             log.warning("callback refused, Timestamp %s", error)
-        else:
-            note(outcome="rejected", reason=error.field)
         url = signed_url(req, receiver.settings)
         receiver.writer.write(Rejection(error, params, received_at, req.method, url))
         raise Refused(400, str(error)) from None
