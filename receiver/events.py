@@ -427,24 +427,34 @@ def parse(
     )
 
 
-def check_age(event: Event, now: datetime, max_age_seconds: int) -> None:
-    """Refuse an event older than ``max_age_seconds`` or more than 5 minutes in the future.
+def check_age(params: Mapping[str, Sequence[str]], now: datetime, max_age_seconds: int) -> None:
+    """Refuse a callback whose ``Timestamp`` is older than ``max_age_seconds`` or more than 5
+    minutes in the future.
 
     Exactly-once holds only while an event's identity is remembered (CALL_RETENTION_SECONDS):
     a captured callback replayed later would be stored again, so the door refuses it first.
-    Only callbacks arriving at the door are checked, never the spool's own replays."""
-    assert event.timestamp is not None  # parse() requires it
-    age = now - parse_timestamp(event.timestamp)
+    Checked before ``parse``, whenever the Timestamp can be read: a variant of a stale capture
+    (a value folded, a parameter repeated) is refused as the replay it is, not counted as a
+    malformed callback. A Timestamp that cannot be read is left to ``parse`` to refuse. Only
+    callbacks arriving at the door are checked, never the spool's own replays."""
+    values = set(params.get("Timestamp", ()))
+    if len(values) != 1:
+        return
+    timestamp = values.pop()
+    try:
+        age = now - parse_timestamp(timestamp)
+    except ValueError:
+        return
     if age > timedelta(seconds=max_age_seconds):
         raise StaleEvent(
-            event.timestamp,
+            timestamp,
             f"older than MAX_EVENT_AGE_SECONDS={max_age_seconds} ({int(age.total_seconds())} s):"
             " refused as a replay (if a clock is wrong, fix it)",
             "too_old",
         )
     if -age > MAX_CLOCK_AHEAD:
         raise StaleEvent(
-            event.timestamp,
+            timestamp,
             f"{int(-age.total_seconds())} s ahead of this receiver's clock (at most "
             f"{int(MAX_CLOCK_AHEAD.total_seconds())} s): a clock is wrong",
             "future",

@@ -231,6 +231,29 @@ def test_a_stale_or_future_event_is_a_counted_logged_dead_letter(
     assert f'reason="timestamp_{kind}"' in metrics
 
 
+@pytest.mark.parametrize(
+    ("delta", "kind"), [(timedelta(days=2), "too_old"), (-timedelta(minutes=10), "future")]
+)
+def test_a_variant_of_a_stale_capture_is_refused_as_a_replay(
+    client, redis_client, call_sid, delta, kind
+):
+    """The age comes first: a fold or a repeat does not turn a replay into a malformed
+    callback (counted where a person looks for Twilio's mistakes, not for replays)."""
+    original = content(call_sid, sid("GT"), 7, "hello", final=False)
+    original["Timestamp"] = _at(-delta)
+    signature = sign(URL, original)
+    folded = {k: v for k, v in original.items() if k != "SequenceId"}
+    folded["LanguageCode"] += "SequenceId7"
+    for variant in (form(list(original.items())) + "&Final=false", form(list(folded.items()))):
+        response = raw_post(client, variant, signature)
+        assert response.status_code == 400
+        assert "Timestamp" in response.get_json()["error"]
+    [(_id, dead)] = redis_client.xrange("rtt:rejected")
+    assert dead["field"] == "Timestamp"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'reason="timestamp_{kind}"' in metrics
+
+
 def test_replays_after_retention_are_refused(settings, redis_client, call_sid):
     """CALL_RETENTION_SECONDS=60: a started+content captured earlier than that is not stored
     again once the call's keys have expired."""
