@@ -219,7 +219,7 @@ def _boolean(name: str, raw: str | None, default: bool) -> bool:
 def _language_code(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
-    if not LANGUAGE_CODE.match(raw):
+    if not LANGUAGE_CODE.fullmatch(raw):
         raise InvalidEvent("LanguageCode", raw, "must be a BCP-47 language tag such as en-US")
     return raw
 

@@ -287,9 +287,8 @@ def test_timestamps_are_wall_clock_at_any_speed():
 
 
 def test_script_language_is_the_default_language_code():
-    script = parse_conversation(
-        {"language_code": "fr-FR", "utterances": [{"track": "inbound", "at": 0, "text": "bonjour"}]}
-    )
+    script_lines = [{"track": "inbound", "at": 0, "text": "bonjour"}]
+    script = parse_conversation({"language_code": "fr-FR", "utterances": script_lines})
     plan = events(script, SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"fr-FR"}
     chosen = TranscriptionSettings("http://127.0.0.1:9/cb", language_code="de-DE")
@@ -297,6 +296,8 @@ def test_script_language_is_the_default_language_code():
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"de-DE"}
     english = events(load_conversation(), SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in english if "LanguageCode" in c.params} == {"en-US"}
+    with pytest.raises(ConversationError, match="BCP-47"):
+        parse_conversation({"language_code": "en-USName", "utterances": script_lines})
 
 
 def test_max_delay_zero_delays_nothing():

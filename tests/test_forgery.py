@@ -189,11 +189,26 @@ def test_started_values_are_held_to_their_form(call_sid):
         ("InboundTrackLabel", "c" * 65),
         ("Track", "both_tracksTranscriptionEnginegoogle" * 2),
         ("LanguageCode", "en-USNamesupport"),
+        ("LanguageCode", "en-USName"),  # an empty Name folded in: the same signed text
+        ("LanguageCode", "es-419Name"),
+        ("LanguageCode", "cmn-Hans-CNName"),
+        ("LanguageCode", "multiName"),
     ):
         params = callback("started", call_sid, sid("GT"), 1, **{name: value})
         with pytest.raises(InvalidEvent) as caught:
             parse({k: [v] for k, v in params.items()}, received_at="2026-12-01T00:00:00Z")
         assert caught.value.field == name
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["en-US", "en", "fr-FR", "de-DE", "es-ES", "es-419", "en-us", "cmn-Hans-CN", "yue-Hant-HK",
+     "zh-Hant", "sr-Latn-RS", "de-DE-1901", "sl-rozaj", "multi"],
+)  # fmt: skip
+def test_language_codes_twilio_sends_pass(call_sid, code):
+    params = callback("started", call_sid, sid("GT"), 1, LanguageCode=code)
+    event = parse({k: [v] for k, v in params.items()}, received_at="2026-12-01T00:00:00Z")
+    assert event.settings["language_code"] == code
 
 
 def test_twilio_timestamps_with_nine_digits_and_labels_in_track_pass(call_sid):
