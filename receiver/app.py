@@ -51,6 +51,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     views.register(app)
     stores = (store, *writer.routes.values())
     active_calls = list(dict.fromkeys(each.keys.active_calls for each in stores))
-    live = metrics.LiveState(store.client, active_calls, receiver.spool_depth)
+    live = metrics.LiveState(
+        store.client,
+        active_calls,
+        receiver.spool_depth,
+        idle_seconds=store.retention_seconds,
+        clock=store.clock,
+    )
     telemetry.install(app, live, CALLBACK_PATH)
     return app
