@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import pytest
 import redis
@@ -22,18 +22,22 @@ from receiver.server.process import Served
 
 from .support.processes import start_receiver_process
 from .support.streams import call_entries
-from .support.twilio_calls import CALLBACK_PATH, TOKEN, callback, content, sid, sign
+from .support.twilio_calls import (
+    CALLBACK_PATH,
+    TOKEN,
+    callback,
+    content,
+    raw_body,
+    sid,
+    sign,
+    split_name_variants,
+)
 
 pytestmark = pytest.mark.slow  # starts gunicorn
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SIGNATURE = "X-Twilio-Signature"
 WELL_FORMED = "A" * 27 + "="  # a signature in form that no token made
-
-
-def body(pairs: dict[str, str] | list[tuple[str, str]]) -> str:
-    items = pairs.items() if isinstance(pairs, dict) else pairs
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in items)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def _stamped(delta: timedelta, extra: str = "") -> Callable[[str], requests.Resp
     def send(url: str) -> requests.Response:
         params = content("CA" + "5" * 32, sid("GT"), 9, "hello", final=False)
         params["Timestamp"] = _at(delta)
-        return post_form(url, body(params) + extra, sign(url, params))
+        return post_form(url, raw_body(params) + extra, sign(url, params))
 
     return send
 
@@ -82,7 +86,7 @@ def _multipart(url: str) -> requests.Response:
 def _too_many(url: str) -> requests.Response:
     params = callback("stopped", "CA" + "5" * 32, sid("GT"), 3)
     params.update({f"X{n:03d}": "1" for n in range(101 - len(params))})
-    return post_form(url, body(params), sign(url, params))  # signed, yet refused for its size
+    return post_form(url, raw_body(params), sign(url, params))  # signed, yet refused for its size
 
 
 def _unsigned_and_large(url: str) -> requests.Response:
@@ -102,7 +106,7 @@ def _forwarded(scheme: str) -> Callable[[str], requests.Response]:
         params = callback("stopped", "CA" + "5" * 32, sid("GT"), 3)
         public = f"{scheme}://rtt.example.com{CALLBACK_PATH}"
         forwarded = {"X-Forwarded-Proto": scheme, "X-Forwarded-Host": "rtt.example.com"}
-        return post_form(url, body(params), sign(public, params), **forwarded)
+        return post_form(url, raw_body(params), sign(public, params), **forwarded)
 
     return send
 
@@ -143,25 +147,17 @@ def test_the_door_under_gunicorn(served, redis_client, case):
         assert not redis_client.exists("rtt:events")
 
 
-def _split_name_variants(params: dict[str, str], name: str, cuts: int) -> list[str]:
-    """The start of ``name``'s value joined to its name, sent twice: the same signed text."""
-    rest = [(k, v) for k, v in params.items() if k != name]
-    value = params[name]
-    pairs = [(name + value[:cut], value[cut:]) for cut in range(1, cuts + 1)]
-    return [body([*rest, pair, pair]) for pair in pairs]
-
-
 def test_variants_of_a_capture_store_nothing_new_and_are_one_dead_letter(
     served, redis_client, call_sid
 ):
     url = served.url + CALLBACK_PATH
     original = content(call_sid, sid("GT"), 7, "hello there", final=False)
     signature = sign(url, original)
-    assert post_form(url, body(original), signature).json() == {"outcome": "stored"}
+    assert post_form(url, raw_body(original), signature).json() == {"outcome": "stored"}
     folded = {k: v for k, v in original.items() if k != "SequenceId"}
     folded["LanguageCode"] += "SequenceId7"
-    forged = [body(folded), *(body(original) + "&Final=false" * n for n in range(1, 6))]
-    forged += _split_name_variants(original, "TranscriptionData", 11)
+    forged = [raw_body(folded), *(raw_body(original) + "&Final=false" * n for n in range(1, 6))]
+    forged += split_name_variants(original, "TranscriptionData", 11)
     for data in forged:
         assert post_form(url, data, signature).status_code == 400, data[-40:]
     assert len(call_entries(redis_client, call_sid)) == 1
@@ -187,7 +183,7 @@ def test_names_a_sender_chose_are_no_metric_labels(served, call_sid):
     signature = sign(url, original)
     metrics = served.url + "/metrics"
     _, before = _reasons(requests.get(metrics, timeout=10).text)
-    variants = _split_name_variants(original, "TranscriptionData", 20)
+    variants = split_name_variants(original, "TranscriptionData", 20)
     for data in variants:
         assert post_form(url, data, signature).status_code == 400
     # Every worker's counts reach a scrape within a second (metrics.FLUSH_SECONDS).
@@ -223,7 +219,7 @@ def test_replays_of_a_dead_letter_take_one_place_in_the_spool(start_receiver, ow
     bad = callback("content", call_sid, sid("GT"), 1, TranscriptionData="not json")
     own_redis.kill()
     for _ in range(5):
-        assert post_form(url, body(bad), sign(url, bad)).status_code == 400
+        assert post_form(url, raw_body(bad), sign(url, bad)).status_code == 400
     ready: dict[str, Any] = requests.get(server.url + "/readyz", timeout=10).json()
     assert ready["spool_depth"] == 1
     own_redis.start()
