@@ -9,7 +9,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from receiver import views
-from receiver.config import Settings, load_settings, token_warnings
+from receiver.config import Settings, load_settings
 from receiver.observability import logs, metrics, telemetry
 from receiver.storage import account_stores, open_store
 from receiver.storage.durable import DurableWriter
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     settings = settings or load_settings()
     logs.configure()
-    for warning in token_warnings(settings.auth_tokens):
+    for warning in settings.token_warnings():
         log.warning(warning)
     store = open_store(settings)
     app = Flask(__name__)
@@ -51,6 +51,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     views.register(app)
     stores = (store, *writer.routes.values())
     active_calls = list(dict.fromkeys(each.keys.active_calls for each in stores))
-    live = metrics.LiveState(store.client, active_calls, receiver.spool_depth)
+    live = metrics.LiveState(
+        store.client,
+        active_calls,
+        receiver.spool_depth,
+        idle_seconds=store.retention_seconds,
+        clock=store.clock,
+    )
     telemetry.install(app, live, CALLBACK_PATH)
     return app

@@ -83,6 +83,13 @@ class Settings:
             return self.account(sid) is not None
         return self.account_sid is None or sid == self.account_sid
 
+    def token_warnings(self) -> list[str]:
+        """``token_warnings`` for every token: TWILIO_AUTH_TOKEN's and each account's."""
+        warnings = token_warnings(self.auth_tokens)
+        for account in self.accounts:
+            warnings += token_warnings(account.auth_tokens, account.sid)
+        return warnings
+
     def __repr__(self) -> str:
         # Tokens and Redis passwords must never reach a log or a traceback.
         return (
@@ -93,12 +100,19 @@ class Settings:
         )
 
 
-def token_warnings(tokens: tuple[str, ...]) -> list[str]:
+def token_warnings(tokens: tuple[str, ...], account: str | None = None) -> list[str]:
     """Warnings for tokens that cannot be a Twilio auth token (32 characters): a placeholder
-    or a pasted SID would leave every real callback refused. The tokens are never shown."""
+    or a pasted SID would leave every real callback refused. ``account``: the tokens are that
+    account's in TWILIO_ACCOUNTS_FILE. The tokens are never shown."""
+    whose = f" of account {account} in TWILIO_ACCOUNTS_FILE" if account else ""
+    question = (
+        "is it that account's token?"
+        if account
+        else "is TWILIO_AUTH_TOKEN (or its file) your account's token?"
+    )
     return [
-        f"auth token {n} of {len(tokens)} has {len(token)} characters, a Twilio auth token "
-        f"has {AUTH_TOKEN_LENGTH}: is TWILIO_AUTH_TOKEN (or its file) your account's token?"
+        f"auth token {n} of {len(tokens)}{whose} has {len(token)} characters, a Twilio auth "
+        f"token has {AUTH_TOKEN_LENGTH}: {question}"
         for n, token in enumerate(tokens, 1)
         if len(token) != AUTH_TOKEN_LENGTH
     ]

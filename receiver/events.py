@@ -18,6 +18,7 @@ from receiver.protocol import (
     BOOLEANS,
     COMMON_PARAMS,
     CONTENT_PARAMS,
+    ERROR_PARAMS,
     EVENTS,
     LANGUAGE_CODE,
     PROVIDER_CONNECT_TIME,
@@ -26,6 +27,7 @@ from receiver.protocol import (
     PROVIDER_DURATION,
     PROVIDER_START,
     SID_PATTERNS,
+    STARTED_PARAMS,
     TRACK_SETTINGS,
     parse_timestamp,
 )
@@ -64,6 +66,17 @@ MAX_SEQUENCE_ID = 10**14 - 1
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
 
 
+# The one value checked inside TranscriptionData, named as a field of its own.
+CONFIDENCE_FIELD = "TranscriptionData.confidence"
+# The parameters a dead letter can be counted under: Twilio's documented ones, and that value.
+CHECKED_FIELDS = frozenset(
+    (*COMMON_PARAMS, *STARTED_PARAMS, *CONTENT_PARAMS, *ERROR_PARAMS, CONFIDENCE_FIELD)
+)
+# Every ``InvalidEvent.label``: a fixed set, so a name the sender chose never becomes a metric
+# label (one series per request would exhaust Prometheus) nor text in the log.
+REASONS = CHECKED_FIELDS | {"repeated", "other", "timestamp_too_old", "timestamp_future"}
+
+
 class InvalidEvent(ValueError):
     """A signed callback that cannot be normalized; ``field`` names Twilio's parameter."""
 
@@ -74,6 +87,19 @@ class InvalidEvent(ValueError):
         shown = "missing" if value is None else repr(value[:80])
         super().__init__(f"{field} ({shown}): {reason}")
 
+    @property
+    def label(self) -> str:
+        """Why, as /metrics counts it and the log line says it: one of ``REASONS``."""
+        return self.field if self.field in CHECKED_FIELDS else "other"
+
+
+class RepeatedParameter(InvalidEvent):
+    """A parameter name sent more than once; the name is the sender's, any text at all."""
+
+    @property
+    def label(self) -> str:
+        return "repeated"
+
 
 class StaleEvent(InvalidEvent):
     """A well-formed event whose ``Timestamp`` is out of the accepted window: a replay, or a
@@ -82,6 +108,10 @@ class StaleEvent(InvalidEvent):
     def __init__(self, value: str, reason: str, kind: str) -> None:
         super().__init__("Timestamp", value, reason)
         self.kind = kind
+
+    @property
+    def label(self) -> str:
+        return f"timestamp_{self.kind}"
 
 
 @dataclass(frozen=True)
@@ -189,7 +219,7 @@ def _boolean(name: str, raw: str | None, default: bool) -> bool:
 def _language_code(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
-    if not LANGUAGE_CODE.match(raw):
+    if not LANGUAGE_CODE.fullmatch(raw):
         raise InvalidEvent("LanguageCode", raw, "must be a BCP-47 language tag such as en-US")
     return raw
 
@@ -231,7 +261,7 @@ def _transcription_data(raw: str | None) -> tuple[str, str | None, dict[str, obj
     transcript = data.get("transcript", "")
     if not isinstance(transcript, str):
         raise InvalidEvent("TranscriptionData", raw, "'transcript' must be a string")
-    confidence = _number("TranscriptionData.confidence", data.get("confidence"))
+    confidence = _number(CONFIDENCE_FIELD, data.get("confidence"))
     rest = {k: v for k, v in data.items() if k not in ("transcript", "confidence")}
     return transcript, confidence, rest
 
@@ -314,7 +344,9 @@ def _refuse_repeats(params: Mapping[str, Sequence[str]]) -> None:
     sent twice is a signed callback with copies appended, never Twilio's."""
     for name, values in params.items():
         if len(values) > 1:
-            raise InvalidEvent(name, values[0], f"sent {len(values)} times; Twilio sends it once")
+            raise RepeatedParameter(
+                name, values[0], f"sent {len(values)} times; Twilio sends it once"
+            )
 
 
 def parse(
@@ -395,24 +427,34 @@ def parse(
     )
 
 
-def check_age(event: Event, now: datetime, max_age_seconds: int) -> None:
-    """Refuse an event older than ``max_age_seconds`` or more than 5 minutes in the future.
+def check_age(params: Mapping[str, Sequence[str]], now: datetime, max_age_seconds: int) -> None:
+    """Refuse a callback whose ``Timestamp`` is older than ``max_age_seconds`` or more than 5
+    minutes in the future.
 
     Exactly-once holds only while an event's identity is remembered (CALL_RETENTION_SECONDS):
     a captured callback replayed later would be stored again, so the door refuses it first.
-    Only callbacks arriving at the door are checked, never the spool's own replays."""
-    assert event.timestamp is not None  # parse() requires it
-    age = now - parse_timestamp(event.timestamp)
+    Checked before ``parse``, whenever the Timestamp can be read: a variant of a stale capture
+    (a value folded, a parameter repeated) is refused as the replay it is, not counted as a
+    malformed callback. A Timestamp that cannot be read is left to ``parse`` to refuse. Only
+    callbacks arriving at the door are checked, never the spool's own replays."""
+    values = set(params.get("Timestamp", ()))
+    if len(values) != 1:
+        return
+    timestamp = values.pop()
+    try:
+        age = now - parse_timestamp(timestamp)
+    except ValueError:
+        return
     if age > timedelta(seconds=max_age_seconds):
         raise StaleEvent(
-            event.timestamp,
+            timestamp,
             f"older than MAX_EVENT_AGE_SECONDS={max_age_seconds} ({int(age.total_seconds())} s):"
             " refused as a replay (if a clock is wrong, fix it)",
             "too_old",
         )
     if -age > MAX_CLOCK_AHEAD:
         raise StaleEvent(
-            event.timestamp,
+            timestamp,
             f"{int(-age.total_seconds())} s ahead of this receiver's clock (at most "
             f"{int(MAX_CLOCK_AHEAD.total_seconds())} s): a clock is wrong",
             "future",

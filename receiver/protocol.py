@@ -127,8 +127,15 @@ def timestamp(at: datetime, digits: int = 6) -> str:
 # separator, so a value that swallowed the next name ("en-USSequenceId7") verifies too: every
 # documented parameter is held to its form, and a folded value cannot pass.
 BOOLEANS = ("true", "false")
-# BCP-47: a 2-3 letter language, then subtags of 1-8 letters or digits (en-US, cmn-Hans-CN).
-LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
+# BCP-47 as Twilio's languages use it (en-US, es-419, cmn-Hans-CN): a 2-3 letter language, an
+# optional 4-letter script, an optional region (2 letters or 3 digits), then variants, written
+# in lower case (RFC 5646 2.1.1), as a folded parameter name (capitalized) never is: a fold
+# such as "en-US" + "Name" (an empty Name) does not pass. Or "multi": Deepgram's automatic
+# language detection (Twilio's Transcription Configurations resource lists it for Deepgram).
+LANGUAGE_CODE = re.compile(
+    r"(?:[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?"
+    r"(?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*|multi)"
+)
 # ISO 8601 in UTC or with an offset; Twilio sends 3, 6 or 9 fractional digits and Z.
 TIMESTAMP = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"

@@ -289,9 +289,8 @@ def test_timestamps_are_wall_clock_at_any_speed():
 
 
 def test_conversation_language_is_the_default_language_code():
-    conversation = parse_conversation(
-        {"language_code": "fr-FR", "utterances": [{"track": "inbound", "at": 0, "text": "bonjour"}]}
-    )
+    utterances = [{"track": "inbound", "at": 0, "text": "bonjour"}]
+    conversation = parse_conversation({"language_code": "fr-FR", "utterances": utterances})
     plan = events(conversation, SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"fr-FR"}
     chosen = TranscriptionSettings("http://127.0.0.1:9/cb", language_code="de-DE")
@@ -299,6 +298,8 @@ def test_conversation_language_is_the_default_language_code():
     assert {c.params["LanguageCode"] for c in plan if "LanguageCode" in c.params} == {"de-DE"}
     english = events(load_conversation(), SETTINGS, IDENTITY)
     assert {c.params["LanguageCode"] for c in english if "LanguageCode" in c.params} == {"en-US"}
+    with pytest.raises(ConversationError, match="BCP-47"):
+        parse_conversation({"language_code": "en-USName", "utterances": utterances})
 
 
 def test_max_delay_zero_delays_nothing():

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 from twilio.request_validator import RequestValidator
 
 from receiver import create_app
 from receiver.config import Settings
-from receiver.events import InvalidEvent, parse
+from receiver.events import REASONS, InvalidEvent, parse
 from receiver.protocol import timestamp
 from receiver.storage import open_store
 from receiver.storage.contract import Keys
@@ -28,8 +29,10 @@ from .support.twilio_calls import (
     callback,
     content,
     post,
+    raw_body,
     sid,
     sign,
+    split_name_variants,
 )
 
 BASE = "http://localhost"
@@ -48,10 +51,6 @@ def raw_post(client, body: str, signature: str, content_type: str | None = None)
         headers={"X-Twilio-Signature": signature},
         base_url=BASE,
     )
-
-
-def form(pairs: list[tuple[str, str]]) -> str:
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
 
 
 class _Multi(dict):
@@ -75,12 +74,12 @@ def stored(redis_client, call_sid: str) -> list[dict]:
 def test_a_folded_body_verifies_but_is_not_a_new_event(client, redis_client, call_sid):
     original = content(call_sid, sid("GT"), 7, "hello")
     signature = sign(URL, original)
-    assert raw_post(client, form(list(original.items())), signature).status_code == 200
+    assert raw_post(client, raw_body(original), signature).status_code == 200
     # SequenceId folded into LanguageCode's value: the signed string is the same.
     folded = {k: v for k, v in original.items() if k != "SequenceId"}
     folded["LanguageCode"] = "en-USSequenceId7"
     assert RequestValidator(TOKEN).compute_signature(URL, folded) == signature
-    response = raw_post(client, form(list(folded.items())), signature)
+    response = raw_post(client, raw_body(folded), signature)
     assert response.status_code == 400
     assert len(stored(redis_client, call_sid)) == 1
     [(_id, dead)] = redis_client.xrange("rtt:rejected")
@@ -90,7 +89,7 @@ def test_a_folded_body_verifies_but_is_not_a_new_event(client, redis_client, cal
 def test_copies_appended_to_a_signed_body_are_refused(client, redis_client, call_sid):
     original = content(call_sid, sid("GT"), 7, "hello", final=False)
     signature = sign(URL, original)
-    body = form(list(original.items()))
+    body = raw_body(original)
     assert raw_post(client, body, signature).status_code == 200
     for copies in (1, 2, 3):
         forged = body + "&Final=false" * copies
@@ -114,13 +113,41 @@ def test_a_folded_started_cannot_rewrite_a_track_label(client, redis_client, cal
         Track="both_tracks",
     )
     signature = sign(URL, started)
-    assert raw_post(client, form(list(started.items())), signature).status_code == 200
+    assert raw_post(client, raw_body(started), signature).status_code == 200
     # OutboundTrackLabel swallows PartialResults and SequenceId: no identity, a new label.
     folded = {k: v for k, v in started.items() if k not in ("PartialResults", "SequenceId")}
     folded["OutboundTrackLabel"] = "agentPartialResultstrueSequenceId1"
     assert RequestValidator(TOKEN).compute_signature(URL, folded) == signature
-    assert raw_post(client, form(list(folded.items())), signature).status_code == 400
+    assert raw_post(client, raw_body(folded), signature).status_code == 400
     assert [e["outbound_track_label"] for e in stored(redis_client, call_sid)] == ["agent"]
+
+
+def test_every_variant_of_one_signed_request_is_one_dead_letter(client, redis_client, call_sid):
+    original = content(call_sid, sid("GT"), 7, "hello there", final=False)
+    signature = sign(URL, original)
+    body = raw_body(original)
+    variants = [body + "&Final=false" * copies for copies in range(1, 6)]
+    variants += split_name_variants(original, "TranscriptionData", 11)
+    for variant in variants:
+        assert RequestValidator(TOKEN).compute_signature(URL, _multi(variant)) == signature
+        assert raw_post(client, variant, signature).status_code == 400
+    assert redis_client.xlen("rtt:rejected") == 1
+    assert stored(redis_client, call_sid) == []
+
+
+def test_names_a_sender_chose_reach_no_metric_label_and_no_log_line(client, call_sid, caplog):
+    """Each variant's repeated name is new text: as a label, one new series per request (a
+    Prometheus DoS), and the transcript in the log."""
+    original = content(call_sid, sid("GT"), 7, "my card is 4111", final=False)
+    signature = sign(URL, original)
+    with caplog.at_level(logging.INFO, logger="receiver.callbacks"):
+        for variant in split_name_variants(original, "TranscriptionData", 30):
+            assert raw_post(client, variant, signature).status_code == 400
+    lines = [json.dumps(r.fields) for r in caplog.records if r.name == "receiver.callbacks"]
+    assert len(lines) == 30 and all('"reason": "repeated"' in line for line in lines)
+    assert not any("transcript" in line or "4111" in line for line in lines)
+    exposition = client.get("/metrics").get_data(as_text=True)
+    assert set(re.findall(r'reason="([^"]*)"', exposition)) <= {"", *REASONS}
 
 
 @pytest.mark.parametrize(
@@ -151,11 +178,26 @@ def test_started_values_are_held_to_their_form(call_sid):
         ("InboundTrackLabel", "c" * 65),
         ("Track", "both_tracksTranscriptionEnginegoogle" * 2),
         ("LanguageCode", "en-USNamesupport"),
+        ("LanguageCode", "en-USName"),  # an empty Name folded in: the same signed text
+        ("LanguageCode", "es-419Name"),
+        ("LanguageCode", "cmn-Hans-CNName"),
+        ("LanguageCode", "multiName"),
     ):
         params = callback("started", call_sid, sid("GT"), 1, **{name: value})
         with pytest.raises(InvalidEvent) as caught:
             parse({k: [v] for k, v in params.items()}, received_at="2026-12-01T00:00:00Z")
         assert caught.value.field == name
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["en-US", "en", "fr-FR", "de-DE", "es-ES", "es-419", "en-us", "cmn-Hans-CN", "yue-Hant-HK",
+     "zh-Hant", "sr-Latn-RS", "de-DE-1901", "sl-rozaj", "multi"],
+)  # fmt: skip
+def test_language_codes_twilio_sends_pass(call_sid, code):
+    params = callback("started", call_sid, sid("GT"), 1, LanguageCode=code)
+    event = parse({k: [v] for k, v in params.items()}, received_at="2026-12-01T00:00:00Z")
+    assert event.settings["language_code"] == code
 
 
 def test_twilio_timestamps_with_nine_digits_and_labels_in_track_pass(call_sid):
@@ -189,6 +231,32 @@ def test_a_stale_or_future_event_is_a_counted_logged_dead_letter(
     assert dead["field"] == "Timestamp"
     assert "MAX_EVENT_AGE_SECONDS" in dead["reason"] or "ahead" in dead["reason"]
     assert any("Timestamp" in r.getMessage() for r in caplog.records)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'reason="timestamp_{kind}"' in metrics
+
+
+@pytest.mark.parametrize(
+    ("delta", "kind"), [(timedelta(days=2), "too_old"), (-timedelta(minutes=10), "future")]
+)
+def test_a_variant_of_a_stale_capture_is_refused_as_a_replay(
+    client, redis_client, call_sid, delta, kind
+):
+    """The age comes first: a fold or a repeat does not turn a replay into a malformed
+    callback (counted where a person looks for Twilio's mistakes, not for replays)."""
+    original = content(call_sid, sid("GT"), 7, "hello", final=False)
+    original["Timestamp"] = _at(-delta)
+    signature = sign(URL, original)
+    folded = {k: v for k, v in original.items() if k != "SequenceId"}
+    folded["LanguageCode"] += "SequenceId7"
+    for variant in (
+        raw_body(original) + "&Final=false",
+        raw_body(folded),
+    ):
+        response = raw_post(client, variant, signature)
+        assert response.status_code == 400
+        assert "Timestamp" in response.get_json()["error"]
+    [(_id, dead)] = redis_client.xrange("rtt:rejected")
+    assert dead["field"] == "Timestamp"
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'reason="timestamp_{kind}"' in metrics
 
@@ -284,7 +352,7 @@ def test_more_than_100_parameters_is_400_before_any_hmac(client, redis_client, c
     params.update({f"X{n:03d}": "1" for n in range(100 - len(params) + 1)})
     assert len(params) == 101
     # Correctly signed, yet refused for its size: the count comes before the signature.
-    response = raw_post(client, form(list(params.items())), sign(URL, params))
+    response = raw_post(client, raw_body(params), sign(URL, params))
     assert response.status_code == 400
     assert "100 parameters" in response.get_json()["error"]
     query = CALLBACK_PATH + "?" + urlencode(params)
@@ -292,7 +360,7 @@ def test_more_than_100_parameters_is_400_before_any_hmac(client, redis_client, c
     assert response.status_code == 400
     assert redis_client.dbsize() == 0
     del params["X000"]
-    assert raw_post(client, form(list(params.items())), sign(URL, params)).status_code == 200
+    assert raw_post(client, raw_body(params), sign(URL, params)).status_code == 200
 
 
 def test_multipart_is_415_even_when_signed(client, redis_client, call_sid):

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from receiver import create_app
+from receiver.signature import request_digest
 from receiver.storage.contract import Keys
-from receiver.storage.store import rejection_digest
 
 from .support.twilio_calls import ACCOUNT_SID, CALLBACK_PATH, callback, sign
 
@@ -166,7 +166,7 @@ def test_signed_anything_is_stored_or_dead_lettered_never_a_500(
     assert response.status_code in (200, 400), response.data
     if response.status_code == 400:
         # Kept as a dead letter, once: hypothesis may send the very same request again.
-        digest = rejection_digest(method, url, {k: [v] for k, v in params.items()})
+        digest = request_digest(method, url, {k: [v] for k, v in params.items()})
         assert redis_client.zscore(Keys().rejected_seen, digest) is not None
         assert redis_client.xlen("rtt:rejected") in (before, before + 1)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from receiver import create_app
 from receiver.cli import main
-from receiver.config import ConfigError, Settings, load_settings, token_warnings
+from receiver.config import Account, ConfigError, Settings, load_settings, token_warnings
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.network import is_loopback
 from receiver.storage.spool import Spool, SpoolError
@@ -147,6 +148,17 @@ def test_a_token_that_cannot_be_twilios_is_warned_about_without_showing_it(setti
     warnings = [r.getMessage() for r in caplog.records if r.name == "receiver.app"]
     assert len(warnings) == 1 and "32" in warnings[0]
     assert TOKEN not in warnings[0]
+
+
+def test_a_token_of_the_accounts_file_that_cannot_be_twilios_is_warned_about(settings, caplog):
+    short, good = "AC" + "1" * 32, "AC" + "2" * 32
+    accounts = (Account(short, ("a" * 32, "placeholder")), Account(good, ("b" * 32,)))
+    with caplog.at_level(logging.WARNING, logger="receiver.app"):
+        create_app(replace(settings, auth_tokens=(), accounts=accounts))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "receiver.app"]
+    assert len(warnings) == 1
+    assert short in warnings[0] and "2 of 2" in warnings[0] and good not in warnings[0]
+    assert "placeholder" not in warnings[0]
 
 
 def test_an_empty_token_file_is_refused(tmp_path: Path):

@@ -91,6 +91,16 @@ def test_calls_in_progress_follow_the_active_index(client, redis_client, call_si
     assert value(client.get("/metrics").get_data(as_text=True), "rtt_calls_in_progress") == 1
 
 
+def test_calls_idle_for_the_retention_are_not_in_progress(client, redis_client, call_sid):
+    """The index is trimmed only when an event is written: when traffic stops, a call whose
+    transcription-stopped never came stays in it, though the store considers it gone."""
+    assert post(client, callback("started", call_sid, sid("GT"), 1)).status_code == 200
+    retention_ms = Settings(auth_tokens=(TOKEN,)).call_retention_seconds * 1000
+    idle = "CA" + "7" * 32
+    redis_client.zadd("rtt:calls:active", {idle: time.time() * 1000 - retention_ms - 60_000})
+    assert value(client.get("/metrics").get_data(as_text=True), "rtt_calls_in_progress") == 1
+
+
 def test_redis_down_counts_errors_and_storage_unavailable(redis_client, call_sid):
     app = create_app(Settings(auth_tokens=(TOKEN,), redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     client = app.test_client()

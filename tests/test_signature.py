@@ -1,5 +1,9 @@
 """Signature checks against the twilio package's own known vectors."""
 
+import base64
+import hashlib
+import hmac
+
 import pytest
 
 from receiver import signature
@@ -91,3 +95,24 @@ def test_repeated_values_are_sorted_and_deduplicated():
     params = {"A": ["2", "1", "1"]}
     sig = signature.compute("12345", url, {"A": ["1", "2"]})
     assert signature.is_valid(url, params, sig, ["12345"])
+
+
+def test_the_signed_text_is_what_the_hmac_covers():
+    url = VECTORS[0][0]
+    params = {**PARAMS, "A": ["2", "1", "1"]}
+    text = signature.signed_text(url, params).encode()
+    mac = base64.b64encode(hmac.new(b"12345", text, hashlib.sha1).digest()).decode()
+    assert mac == signature.compute("12345", url, params)
+
+
+def test_requests_with_one_signature_have_one_digest():
+    url = "https://rtt.example.com/cb"
+    digest = signature.request_digest("POST", url, {"Name": [""], "Code": ["en-US"]})
+    for method, twin_url, params in (
+        ("POST", url, {"Code": ["en-USName"]}),  # a value that swallowed the next name
+        ("POST", url, {"Code": ["en-US", "en-US"], "Name": [""]}),  # a value repeated
+        ("POST", "https://rtt.example.com:443/cb", {"Code": ["en-USName"]}),  # the port twin
+        ("GET", url + "Codeen-USName", {"Code": ["en-US"]}),  # a GET signs its URL alone
+    ):
+        assert signature.request_digest(method, twin_url, params) == digest, params
+    assert signature.request_digest("POST", url, {"Code": ["en-GB"]}) != digest

@@ -154,6 +154,25 @@ def test_the_spool_takes_no_second_copy_of_an_event_it_holds(tmp_path, call_sid)
     assert spool.append(make_event(call_sid, 1))
 
 
+def test_the_spool_takes_no_second_copy_of_a_dead_letter_it_holds(tmp_path):
+    """Held by the signed request's digest: a replayed capture, or any variant with the same
+    signature, is durable already; during an outage its copies would fill SPOOL_MAX_BYTES."""
+
+    def rejection(params: dict[str, list[str]], method: str = "POST") -> Rejection:
+        error = InvalidEvent("Final", "false", "sent 2 times; Twilio sends it once")
+        url = "http://localhost/transcriptions/callback"
+        return Rejection(error, params, "2026-11-28T09:00:01.000Z", method, url)
+
+    spool = Spool(tmp_path)
+    assert spool.append(rejection({"Final": ["false", "false"], "X": ["1"]}))
+    for again in ({"Final": ["false"] * 3, "X": ["1"]}, {"Final": ["falseX1"]}):
+        assert not spool.append(rejection(again))  # the same signed text
+    assert spool.append(rejection({"Final": ["true", "true"], "X": ["1"]}))
+    assert spool.append(rejection({"Final": ["false", "false"], "X": ["1"]}, "GET"))
+    _, entries = spool.read_batch()
+    assert len(entries) == 3
+
+
 def test_an_event_the_spool_could_not_take_is_not_held(tmp_path, call_sid):
     spool = Spool(tmp_path, max_bytes=HEADER_LENGTH + 10)
     with pytest.raises(SpoolError):
@@ -340,6 +359,15 @@ def test_a_rejected_callback_is_spooled_while_redis_is_down(spooling_app, own_re
     ((_, entry),) = admin.xrange("rtt:rejected")
     assert entry["field"] == "TranscriptionData"
     assert json.loads(entry["params"])["TranscriptionData"] == ["not json"]
+
+
+def test_replays_of_a_dead_letter_take_one_place_in_the_spool(spooling_app, own_redis, call_sid):
+    client = spooling_app.test_client()
+    own_redis.kill()
+    bad = callback("content", call_sid, sid("GT"), 1, TranscriptionData="not json")
+    for _ in range(5):
+        assert post(client, bad).status_code == 400
+    assert client.get("/readyz").get_json()["spool_depth"] == 1
 
 
 def test_neither_redis_nor_the_spool_is_503(own_redis, tmp_path, call_sid):

@@ -22,6 +22,7 @@ import yaml
 
 from receiver.protocol import (
     DEFAULT_ENGINE,
+    LANGUAGE_CODE,
     PROVIDER_DATA_PARAM,
     SPEECH_MODELS,
     TRANSCRIPTION_ERRORS,
@@ -215,7 +216,8 @@ def parse_conversation(data: object, source: str = "conversation") -> Conversati
             Utterance(track, text.strip(), _number(item, "at", where), duration, confidence)
         )
     language = data.get("language_code", "en-US")
-    if not isinstance(language, str) or not language:
+    if not isinstance(language, str) or not LANGUAGE_CODE.fullmatch(language):
+        # The receiver refuses any other LanguageCode: the emulator never sends one.
         raise ConversationError(f"{source}.language_code ({language!r}): must be a BCP-47 code")
     return Conversation(
         name=str(data.get("name") or source),

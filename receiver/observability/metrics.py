@@ -34,8 +34,8 @@ EVENT_TYPES = ("started", "content", "stopped", "error")
 
 CALLBACKS = Counter(
     "rtt_callbacks",
-    "Transcription callbacks answered, by event type and outcome; reason is the Twilio "
-    "parameter at fault for rejected callbacks.",
+    "Transcription callbacks answered, by event type and outcome; reason says why a callback "
+    "was rejected (the documented Twilio parameter at fault, repeated, timestamp_*, other).",
     ["event", "outcome", "reason"],
 )
 CALLBACK_DURATION = Histogram(
@@ -124,16 +124,28 @@ def count_redis_error(error: BaseException) -> None:
 
 
 class LiveState:
-    """Gauges read when scraped: calls in progress (the sum of ``ZCARD`` of the active calls
-    index of every stream prefix this receiver writes: one per account with its own) and the
-    spool depth (from ``spool_depth``, a callable reading the on-disk spool; 0 without one)."""
+    """Gauges read when scraped: calls in progress (the members of the active calls index of
+    every stream prefix this receiver writes, one per account with its own, whose latest event
+    is within ``idle_seconds``) and the spool depth (from ``spool_depth``, a callable reading
+    the on-disk spool; 0 without one).
+
+    The index is trimmed of calls idle for the retention only when an event is written: when
+    traffic stops, such calls stay in it. Counting by score (``ZCOUNT``) rather than ``ZCARD``
+    leaves out what the store itself considers gone, on the store's own ``clock``."""
 
     def __init__(
-        self, client: redis.Redis, active_calls_keys: Sequence[str], spool_depth: Callable[[], int]
+        self,
+        client: redis.Redis,
+        active_calls_keys: Sequence[str],
+        spool_depth: Callable[[], int],
+        idle_seconds: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.active_calls_keys = active_calls_keys
         self.spool_depth = spool_depth
+        self.idle_seconds = idle_seconds
+        self.clock = clock
 
     def collect(self) -> Iterable[Metric]:
         spool = GaugeMetricFamily(
@@ -141,17 +153,20 @@ class LiveState:
         )
         spool.add_metric([], float(self.spool_depth()))
         yield spool
+        # The store's trim removes scores below now - retention: those at it are still in.
+        since = int(self.clock() * 1000) - self.idle_seconds * 1000
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for key in self.active_calls_keys:
-                    pipe.zcard(key)
+                    pipe.zcount(key, since, "+inf")
                 active = sum(pipe.execute())
         except redis.RedisError as error:
             count_redis_error(error)
             return  # absent rather than a wrong 0: alert on absent(rtt_calls_in_progress)
         calls = GaugeMetricFamily(
             "rtt_calls_in_progress",
-            "Calls with a transcription in progress (rtt:calls:active, of every prefix).",
+            "Calls with a transcription in progress and an event within CALL_RETENTION_SECONDS "
+            "(rtt:calls:active, of every prefix).",
         )
         calls.add_metric([], float(active))
         yield calls

@@ -31,7 +31,9 @@ Layout of ``SPOOL_DIR`` (a local disk; flock is not to be trusted on network fil
   ``O_CREAT|O_EXCL`` under ``spool.lock`` before the event is written. A Twilio retry of an
   event already spooled finds the marker and is not written again (it is durable already); the
   markers are removed when the file rotates, i.e. once everything was drained. A marker lost in
-  a crash only allows a second copy, which the dedup key makes a no-op on replay.
+  a crash only allows a second copy, which the dedup key makes a no-op on replay. A dead letter
+  is held the same way under its signed request's digest (``held_name``), so replays of one
+  captured callback during an outage take one record, not SPOOL_MAX_BYTES.
 - Torn tail: a process killed mid-append leaves an unterminated line that was never acknowledged
   (fsync had not returned). The next writer ends it with a newline and the drainer, whose CRC
   check fails on it, copies it to ``spool.unreadable`` instead of replaying it. A record that
@@ -59,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.events import Event, InvalidEvent, TrackLabels
+from receiver.signature import request_digest
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,17 @@ def decode(line: bytes) -> Record:
             url=body["url"],
         )
     raise ValueError(f"record kind {body.get('kind')!r} is unknown")
+
+
+def held_name(record: Record) -> str | None:
+    """The name of a record's marker in ``held/``: the SHA-256 of an event's dedup key, or a
+    dead letter's own identity, the digest of its signed request (the one ``Store.reject``
+    keeps it once by). None for an event without a dedup key."""
+    if isinstance(record, Rejection):
+        return request_digest(record.method, record.url, record.params)
+    if not record.dedup_key:
+        return None
+    return hashlib.sha256(record.dedup_key.encode()).hexdigest()
 
 
 @contextmanager
@@ -250,12 +264,13 @@ class Spool:
         return True
 
     def _hold(self, record: Record) -> Path | bool | None:
-        """Create the event's marker (caller holds the lock): its path, None for a record
+        """Create the record's marker (caller holds the lock): its path, None for an event
         without a dedup key, False when the marker exists."""
-        if not isinstance(record, Event) or not record.dedup_key:
+        name = held_name(record)
+        if name is None:
             return None
         self.held_path.mkdir(mode=0o700, exist_ok=True)
-        marker = self.held_path / hashlib.sha256(record.dedup_key.encode()).hexdigest()
+        marker = self.held_path / name
         try:
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:

@@ -3,7 +3,6 @@ stores the same contract on a Redis Cluster)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from receiver.events import MAX_CLOCK_AHEAD, Event, InvalidEvent
+from receiver.signature import request_digest
 from receiver.storage.contract import SCHEMA_VERSION, Keys, entry_fields, finals_score
 
 
@@ -77,12 +77,6 @@ def store_args(
         finals_score(event),
         *entry_fields(event),
     ]
-
-
-def rejection_digest(method: str, url: str, params: dict[str, list[str]]) -> str:
-    """A dead letter's identity: the same signed request, however often it comes, is one."""
-    canonical = [method.upper(), url, sorted((k, sorted(v)) for k, v in params.items())]
-    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass
@@ -224,8 +218,9 @@ class Store:
         url: str,
     ) -> str:
         """Keep a signed callback that could not be normalized, with the reason, in the
-        dead-letter stream, so that nothing Twilio sent is lost; once per request (a replayed
-        capture or a spool replay adds nothing). The entry id, or "" for such a repeat."""
+        dead-letter stream, so that nothing Twilio sent is lost; once per signed request (a replayed
+        capture, a spool replay or a variant with the same signature adds nothing). The entry
+        id, or "" for such a repeat."""
         fields = {
             "schema": SCHEMA_VERSION,
             "reason": str(error),
@@ -238,7 +233,7 @@ class Store:
         entry_id = self._reject(
             keys=[self.keys.rejected, self.keys.rejected_seen],
             args=[
-                rejection_digest(method, url, params),
+                request_digest(method, url, params),
                 self.now_ms(),
                 self.max_event_age_seconds * 1000,
                 self.rejected_maxlen,

@@ -65,16 +65,14 @@ def _normalize(receiver: Receiver, req: Request, params: dict[str, list[str]]) -
     """The normalized event, or a 400 whose signed callback is kept as a dead letter."""
     received_at = now_iso()
     try:
-        event = parse(params, received_at=received_at, url_labels=url_labels(req))
-        check_age(event, datetime.now(UTC), receiver.settings.max_event_age_seconds)
-        return event
+        check_age(params, datetime.now(UTC), receiver.settings.max_event_age_seconds)
+        return parse(params, received_at=received_at, url_labels=url_labels(req))
     except InvalidEvent as error:
+        # The label, never the field: a repeated name is the sender's text.
+        note(outcome="rejected", reason=error.label)
         if isinstance(error, StaleEvent):
-            # Counted and logged: a misset clock must not lose events unseen.
-            note(outcome="rejected", reason=f"timestamp_{error.kind}")
+            # Logged: a misset clock must not lose events unseen.
             log.warning("callback refused, Timestamp %s", error)
-        else:
-            note(outcome="rejected", reason=error.field)
         url = signed_url(req, receiver.settings)
         receiver.writer.write(Rejection(error, params, received_at, req.method, url))
         raise Refused(400, str(error)) from None

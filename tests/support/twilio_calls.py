@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from twilio.request_validator import RequestValidator
 
@@ -182,3 +182,18 @@ def long_utterance(call_sid: str, transcription_sid: str, seq: int, words: int) 
         transcript,
         TranscriptionProviderData=json.dumps(provider),
     )
+
+
+def raw_body(pairs: dict[str, str] | list[tuple[str, str]]) -> str:
+    """A form body exactly as given: repeated names and odd splits included."""
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in items)
+
+
+def split_name_variants(params: dict[str, str], name: str, cuts: int) -> list[str]:
+    """Bodies where the start of ``name``'s value joins its name, sent twice: the signed text
+    (names and values concatenated, repeated values collapsed) stays the same."""
+    rest = [(k, v) for k, v in params.items() if k != name]
+    value = params[name]
+    pairs = [(name + value[:cut], value[cut:]) for cut in range(1, cuts + 1)]
+    return [raw_body([*rest, pair, pair]) for pair in pairs]

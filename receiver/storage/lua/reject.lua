@@ -2,7 +2,7 @@
 -- KEYS[2] is "{<prefix>:rejected}:seen", in the dead-letter stream's slot by its hash tag.
 --
 -- KEYS[1] dead-letter stream   KEYS[2] seen sorted set (digest -> ms when kept)
--- ARGV[1] digest of (method, signed URL, sorted params)   ARGV[2] now, ms
+-- ARGV[1] digest of the text the signature covers (signature.request_digest)   ARGV[2] now, ms
 -- ARGV[3] window, ms (MAX_EVENT_AGE_SECONDS)   ARGV[4] MAXLEN   ARGV[5..] field, value, ...
 --
 -- Returns the entry id, or false when the same request was kept within the window.
