@@ -41,7 +41,6 @@ def test_no_personal_data_or_secret_in_logs_at_info_or_above(own_redis, start_re
         TWILIO_AUTH_TOKEN="",
         TWILIO_AUTH_TOKEN_FILE=str(token_file),
         LOG_LEVEL="debug",
-        REDIS_TIMEOUT_MS="300",
     )
     call, gt = sid("CA"), sid("GT")
     signatures = []
