@@ -15,7 +15,7 @@ import yaml
 
 from receiver.protocol import AUTH_TOKEN_LENGTH, SID_PATTERNS
 
-PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 DEFAULT_SPOOL_DIR = "var/spool"
 
 

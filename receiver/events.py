@@ -57,7 +57,7 @@ MAX_VALUE_LENGTH = 64 * 1024
 # A track label is a short name ("customer", "agent"); longer text, or text with control
 # characters, is a value that swallowed the parameters after it.
 MAX_LABEL_LENGTH = 64
-LABEL = re.compile(rf"^[^\x00-\x1f\x7f-\x9f]{{1,{MAX_LABEL_LENGTH}}}$")
+LABEL = re.compile(rf"^[^\x00-\x1f\x7f-\x9f]{{1,{MAX_LABEL_LENGTH}}}\Z")
 # Below 10^14: sorted-set scores are doubles, and Lua's cjson writes 14 significant digits.
 MAX_SEQUENCE_ID = 10**14 - 1
 
@@ -176,7 +176,7 @@ def _sid(params: Mapping[str, Sequence[str]], name: str) -> str:
     if value is None or value == "":
         raise InvalidEvent(name, None, "required on every transcription callback")
     if not SID_PATTERNS[name].match(value):
-        prefix = SID_PATTERNS[name].pattern[2:4]
+        prefix = SID_PATTERNS[name].pattern[1:3]
         raise InvalidEvent(name, value, f"must be {prefix} followed by 32 hex digits")
     return value
 

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 # -- identifiers ------------------------------------------------------------------------------
 
 SID_PATTERNS = {
-    "AccountSid": re.compile(r"^AC[0-9a-fA-F]{32}$"),
-    "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}$"),
-    "TranscriptionSid": re.compile(r"^GT[0-9a-fA-F]{32}$"),
+    "AccountSid": re.compile(r"^AC[0-9a-fA-F]{32}\Z"),
+    "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}\Z"),
+    "TranscriptionSid": re.compile(r"^GT[0-9a-fA-F]{32}\Z"),
 }
 # An API key's SID (Twilio's recommended REST credential in production); its secret is the
 # password, the account SID names the account in the URL.
-API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
+API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}\Z")
 
 # -- the status callbacks ---------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ LANGUAGE_CODE = re.compile(
 )
 # ISO 8601 in UTC or with an offset; Twilio sends 3, 6 or 9 fractional digits and Z.
 TIMESTAMP = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$"
+    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})\Z"
 )
 
 

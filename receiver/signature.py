@@ -32,7 +32,7 @@ from twilio.request_validator import (
 MAX_SIGNATURE_LENGTH = 128
 # What a signature looks like (base64 of a SHA-1 or SHA-256 digest): checked before the body is
 # even read, so a request that cannot be signed costs nothing.
-SIGNATURE_FORM = re.compile(rf"^[A-Za-z0-9+/]{{20,{MAX_SIGNATURE_LENGTH - 2}}}={{0,2}}$")
+SIGNATURE_FORM = re.compile(rf"^[A-Za-z0-9+/]{{20,{MAX_SIGNATURE_LENGTH - 2}}}={{0,2}}\Z")
 
 
 Params = Mapping[str, Sequence[str]]

@@ -157,6 +157,24 @@ def test_event_without_sequence_id_is_a_dead_letter(client, redis_client, call_s
     assert not redis_client.exists("rtt:events")
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "prefix"),
+    [
+        ("CallSid", "CA" + "0" * 32 + "\n", "CA"),  # "$" would have let the newline through
+        ("TranscriptionSid", "GT" + "0" * 31, "GT"),
+        ("CallSid", "XX" + "0" * 32, "CA"),
+    ],
+)
+def test_a_sid_of_another_shape_is_a_dead_letter_naming_its_prefix(
+    client, redis_client, call_sid, name, value, prefix
+):
+    params = {**callback("started", call_sid, sid("GT"), 1), name: value}
+    response = post(client, params)
+    assert response.status_code == 400
+    assert f"must be {prefix} followed by 32 hex digits" in response.get_json()["error"]
+    assert not redis_client.exists("rtt:events")
+
+
 def test_parameters_not_sent_are_absent_not_empty(client, redis_client, call_sid):
     params = content(call_sid, sid("GT"), 4, "hi")
     del params["LanguageCode"]

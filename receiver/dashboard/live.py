@@ -39,7 +39,7 @@ READ_BLOCK_MS = 2000
 
 # A stream entry id as Redis takes it: ``<ms>-<seq>`` (or ``<ms>``), each an unsigned 64-bit
 # integer.
-ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?\Z")
 ID_PART_MAX = 2**64 - 1
 
 
