@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -424,3 +425,19 @@ def test_the_dashboard_on_a_cluster(redis_cluster, cluster_app, cluster_client, 
         assert entry is not None and entry[1]["call_sid"] == another
     finally:
         hub.stop()
+
+
+def test_a_call_idle_for_the_retention_is_not_shown_in_progress(redis_server, client, redis_client):
+    """The receiver trims idle calls from rtt:calls:active only when it writes an event: with
+    no traffic, the dashboard itself leaves out calls idle for CALL_RETENTION_SECONDS."""
+    idle, live = sid("CA"), sid("CA")
+    for call_sid in (idle, live):
+        post(client, callback("started", call_sid, sid("GT"), 1))
+    an_hour_ago = (time.time() - 3600) * 1000
+    redis_client.zadd(KEYS.active_calls, {idle: an_hour_ago})  # its last event, an hour ago
+    settings = load_dashboard_settings(
+        {"REDIS_URL": redis_server.url, "CALL_RETENTION_SECONDS": "1800"}
+    )
+    page = create_app(settings).test_client().get("/").get_data(as_text=True)
+    in_progress = page.split('id="ended"')[0]
+    assert live in in_progress and idle not in in_progress

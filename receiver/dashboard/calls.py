@@ -95,8 +95,17 @@ def summaries(client: redis.Redis, keys: Keys, calls: list[tuple[str, float]]) -
     return rows
 
 
-def active_calls(client: redis.Redis, keys: Keys) -> list[CallSummary]:
-    calls = client.zrevrange(keys.active_calls, 0, MAX_ROWS - 1, withscores=True)
+def _in_progress_since(retention_seconds: int) -> int:
+    """The oldest last-event time (ms) of a call still in progress: the receiver trims idle
+    calls from the index only when it writes an event, so a quiet index may hold older ones."""
+    return int(time.time() * 1000) - retention_seconds * 1000
+
+
+def active_calls(client: redis.Redis, keys: Keys, retention_seconds: int) -> list[CallSummary]:
+    since = _in_progress_since(retention_seconds)
+    calls = client.zrevrangebyscore(
+        keys.active_calls, "+inf", since, start=0, num=MAX_ROWS, withscores=True
+    )
     rows = summaries(client, keys, calls)
     return sorted(rows, key=lambda r: r.started_ms or r.last_ms, reverse=True)
 
@@ -107,12 +116,19 @@ def _matches(finals: list[str], words: list[str]) -> bool:
 
 
 def ended_calls(
-    client: redis.Redis, keys: Keys, *, hours: int, sid_filter: str = "", text_filter: str = ""
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    hours: int,
+    retention_seconds: int,
+    sid_filter: str = "",
+    text_filter: str = "",
 ) -> tuple[list[CallSummary], int]:
-    """Calls in ``recent`` but not ``active``, newest first, filtered; and how many matched."""
+    """Calls in ``recent`` but not in progress, newest first, filtered; and how many matched."""
     since = int(time.time() * 1000) - hours * 3_600_000
     recent = client.zrevrangebyscore(keys.recent_calls, "+inf", since, withscores=True)
-    active = set(client.zrange(keys.active_calls, 0, -1))
+    in_progress = _in_progress_since(retention_seconds)
+    active = set(client.zrangebyscore(keys.active_calls, in_progress, "+inf"))
     candidates = [(sid, score) for sid, score in recent if sid not in active]
     if sid_filter:
         wanted = sid_filter.strip().casefold()
@@ -177,7 +193,7 @@ def _lifecycle_text(fields: dict[str, str]) -> str:
 
 
 def conversation(
-    client: redis.Redis, keys: Keys, call_sid: str, low_confidence: float
+    client: redis.Redis, keys: Keys, call_sid: str, low_confidence: float, retention_seconds: int
 ) -> Conversation:
     # The live feed starts after the newest global entry read here, before the history: an
     # event stored in between is in both, and the browser drops the second copy by its call
@@ -237,7 +253,7 @@ def conversation(
         call_sid=call_sid,
         items=in_order(items),
         labels=by_track,
-        active=active is not None,
+        active=active is not None and active >= _in_progress_since(retention_seconds),
         after=after,
         active_transcriptions=sorted(t for t, s in states.items() if s == "active"),
         started=started,

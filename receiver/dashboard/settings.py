@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from receiver.config import (
     PREFIX_PATTERN,
     ConfigError,
+    Settings,
     int_setting,
     redact_url,
     redis_cluster_setting,
@@ -40,6 +41,9 @@ class DashboardSettings:
     low_confidence_percent: int = 60
     # Seconds a write to a viewer may wait before the viewer is dropped (it stopped reading).
     send_timeout: int = 30
+    # The receiver's CALL_RETENTION_SECONDS: a call idle this long is no longer in progress,
+    # even while no event has come to trim it from rtt:calls:active.
+    call_retention_seconds: int = Settings.call_retention_seconds
 
     def __repr__(self) -> str:
         # The password must never reach a log or a traceback.
@@ -91,6 +95,9 @@ def load_dashboard_settings(env: Mapping[str, str] | None = None) -> DashboardSe
         viewer_buffer=int_setting(env, "DASHBOARD_VIEWER_BUFFER", 2000, 10),
         low_confidence_percent=int_setting(env, "DASHBOARD_LOW_CONFIDENCE", 60, 0),
         send_timeout=int_setting(env, "DASHBOARD_SEND_TIMEOUT", 30, 1),
+        call_retention_seconds=int_setting(
+            env, "CALL_RETENTION_SECONDS", Settings.call_retention_seconds, 60
+        ),
     )
 
 

@@ -58,11 +58,13 @@ def index() -> str:
     sid_filter = request.args.get("call", "").strip()[:64]
     text_filter = request.args.get("q", "").strip()[:200]
     newest = s.client.xrevrange(s.keys.events, count=1)
-    active = calls.active_calls(s.client, s.keys)
+    retention = s.settings.call_retention_seconds
+    active = calls.active_calls(s.client, s.keys, retention)
     ended, matched = calls.ended_calls(
         s.client,
         s.keys,
         hours=s.settings.recent_hours,
+        retention_seconds=retention,
         sid_filter=sid_filter,
         text_filter=text_filter,
     )
@@ -83,7 +85,8 @@ def index() -> str:
 def call(call_sid: str) -> str:
     s = state()
     low = s.settings.low_confidence_percent / 100
-    conversation = calls.conversation(s.client, s.keys, _call_sid(call_sid), low)
+    retention = s.settings.call_retention_seconds
+    conversation = calls.conversation(s.client, s.keys, _call_sid(call_sid), low, retention)
     return render_template("call.html", c=conversation, low_confidence=low, user=g.get("user"))
 
 
