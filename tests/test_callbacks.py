@@ -386,6 +386,7 @@ class TestBadInput:
             ({"TranscriptionData": "[1, 2]"}, "TranscriptionData"),
             ({"SequenceId": "seven"}, "SequenceId"),
             ({"SequenceId": "-1"}, "SequenceId"),
+            ({"SequenceId": str(2**24)}, "SequenceId"),
             ({"SequenceId": str(2**53)}, "SequenceId"),
             ({"SequenceId": str(10**14)}, "SequenceId"),
             ({"TranscriptionData": '{"transcript": "caf\\ud800"}'}, "TranscriptionData"),
