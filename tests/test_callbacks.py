@@ -171,10 +171,11 @@ def test_every_key_of_a_call_lives_as_long_as_its_latest_event(client, redis_cli
     post(client, callback("started", call_sid, gt, 1, InboundTrackLabel="customer"))
     post(client, content(call_sid, gt, 2, "a final"))
     prefix = f"rtt:call:{{{call_sid}}}"
-    for suffix in ("", ":seen", ":labels", ":finals", ":transcriptions"):
+    suffixes = ("", f":seen:{gt}", ":labels", ":finals", ":transcriptions")
+    for suffix in suffixes:
         redis_client.expire(prefix + suffix, 5)
     post(client, content(call_sid, gt, 3, "a partial", final=False))
-    for suffix in ("", ":seen", ":labels", ":finals", ":transcriptions"):
+    for suffix in suffixes:
         assert redis_client.ttl(prefix + suffix) > 5, suffix
 
 
