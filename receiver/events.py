@@ -58,8 +58,11 @@ MAX_VALUE_LENGTH = 64 * 1024
 # characters, is a value that swallowed the parameters after it.
 MAX_LABEL_LENGTH = 64
 LABEL = re.compile(rf"^[^\x00-\x1f\x7f-\x9f]{{1,{MAX_LABEL_LENGTH}}}\Z")
-# Below 10^14: sorted-set scores are doubles, and Lua's cjson writes 14 significant digits.
-MAX_SEQUENCE_ID = 10**14 - 1
+# SequenceId is a bit offset in its transcription's seen bitmap, which SETBIT allocates up to
+# the highest offset (docs/storage.md): below 2^24, a bitmap is 2 MB at most. Twilio ends a
+# call after 24 hours at most; 2^24 SequenceIds are a callback every 5.2 ms for all of them.
+# (Far below 10^14, where finals' scores, doubles, and Lua's cjson would lose digits.)
+MAX_SEQUENCE_ID = 2**24 - 1
 
 
 # How far ahead of this host's clock a Timestamp may be: clocks drift, but not by minutes.

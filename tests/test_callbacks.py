@@ -189,10 +189,11 @@ def test_every_key_of_a_call_lives_as_long_as_its_latest_event(client, redis_cli
     post(client, callback("started", call_sid, gt, 1, InboundTrackLabel="customer"))
     post(client, content(call_sid, gt, 2, "a final"))
     prefix = f"rtt:call:{{{call_sid}}}"
-    for suffix in ("", ":seen", ":labels", ":finals", ":transcriptions"):
+    suffixes = ("", f":seen:{gt}", ":labels", ":finals", ":transcriptions")
+    for suffix in suffixes:
         redis_client.expire(prefix + suffix, 5)
     post(client, content(call_sid, gt, 3, "a partial", final=False))
-    for suffix in ("", ":seen", ":labels", ":finals", ":transcriptions"):
+    for suffix in suffixes:
         assert redis_client.ttl(prefix + suffix) > 5, suffix
 
 
@@ -404,6 +405,7 @@ class TestBadInput:
             ({"TranscriptionData": "[1, 2]"}, "TranscriptionData"),
             ({"SequenceId": "seven"}, "SequenceId"),
             ({"SequenceId": "-1"}, "SequenceId"),
+            ({"SequenceId": str(2**24)}, "SequenceId"),
             ({"SequenceId": str(2**53)}, "SequenceId"),
             ({"SequenceId": str(10**14)}, "SequenceId"),
             ({"TranscriptionData": '{"transcript": "caf\\ud800"}'}, "TranscriptionData"),

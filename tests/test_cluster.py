@@ -15,7 +15,7 @@ from redis.crc import key_slot
 
 from receiver import create_app
 from receiver.config import Settings, load_settings
-from receiver.events import parse
+from receiver.events import Event, parse
 from receiver.server.network import free_port
 from receiver.storage import cluster
 from receiver.storage.cluster import ClusterKeys, ClusterStore
@@ -34,6 +34,15 @@ KEYS = Keys()
 def node_of(key: str) -> int:
     slot = key_slot(key.encode())
     return next(n for n, (first, last) in enumerate(SLOT_RANGES) if first <= slot <= last)
+
+
+def step_one(store: ClusterStore, event: Event) -> list:
+    """Only the first step of storing ``event`` (the call's slot), as a receiver that dies
+    right after it leaves things."""
+    return store._call(
+        keys=store.cluster_keys.call_keys(event.call_sid, event.transcription_sid),
+        args=store.args(event, store.now_ms()),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +102,7 @@ def test_cluster_keys_hash_to_their_slots():
     assert key_slot(cluster_keys.events_seen.encode()) == key_slot(KEYS.events.encode())
     assert key_slot(cluster_keys.active_versions.encode()) == key_slot(KEYS.active_calls.encode())
     call = "CA" + "1" * 32
-    slots = {key_slot(k.encode()) for k in cluster_keys.call_keys(call)}
+    slots = {key_slot(k.encode()) for k in cluster_keys.call_keys(call, "GT" + "2" * 32)}
     assert slots == {key_slot(call.encode())}
     assert key_slot(KEYS.rejected_seen.encode()) == key_slot(KEYS.rejected.encode())
 
@@ -148,15 +157,17 @@ def test_cluster_bookkeeping_lives_for_the_freshness_window(
     """Identities and entry refs are kept as long as a retry or a replay can come (the seen
     window), not for the call's retention."""
     client = short_app.test_client()
-    for params in conversation(far_call_sid, sid("GT"), utterances=2):
+    gt = sid("GT")
+    for params in conversation(far_call_sid, gt, utterances=2):
         assert post(client, params).get_json() == {"outcome": "stored"}
     cluster_keys = ClusterKeys(KEYS)
     for key in (
-        KEYS.seen(far_call_sid),
+        KEYS.seen(far_call_sid, gt),
         cluster_keys.entries(far_call_sid),
         cluster_keys.published(far_call_sid),
     ):
         assert 800 < cluster_client.ttl(key) <= 900, key
+    assert cluster_client.strlen(KEYS.seen(far_call_sid, gt)) == 22 // 8 + 1  # a bitmap
     assert cluster_client.ttl(KEYS.call(far_call_sid)) > 7000
     # Step 2's own window (an hour at most) is never longer than the seen window either.
     assert 800 < cluster_client.ttl(cluster_keys.events_seen) <= 900
@@ -185,6 +196,25 @@ def test_after_the_partials_retention_the_cluster_keys_hold_the_record_only(
     assert set(refs) == kept
     assert sorted(refs.values()) == sorted(record)
     assert cluster_client.smembers(published) == set(record)
+
+
+def test_an_identity_in_the_calls_seen_set_is_a_duplicate_on_a_cluster(
+    cluster_app, cluster_client, far_call_sid
+):
+    """A retry of an event stored by a receiver that kept identities as a set: a duplicate,
+    written nowhere, while that set lives."""
+    client = cluster_app.test_client()
+    gt = sid("GT")
+    cluster_client.sadd(KEYS.seen_set(far_call_sid), f"{gt}:2")
+    cluster_client.expire(KEYS.seen_set(far_call_sid), 100)
+    assert post(client, content(far_call_sid, gt, 2, "stored before")).get_json() == {
+        "outcome": "duplicate"
+    }
+    assert not cluster_client.exists(KEYS.call(far_call_sid))
+    assert not cluster_client.exists(KEYS.seen(far_call_sid, gt))
+    assert cluster_client.xlen(KEYS.events) == 0
+    assert post(client, content(far_call_sid, gt, 3, "new")).get_json() == {"outcome": "stored"}
+    assert cluster_client.smembers(KEYS.seen_set(far_call_sid)) == {f"{gt}:2"}
 
 
 def test_calls_in_progress_on_a_cluster(cluster_app, cluster_client, far_call_sid):
@@ -220,9 +250,7 @@ def test_a_retry_heals_a_partial_whose_steps_were_cut(cluster_app, cluster_clien
     post(cluster_app.test_client(), callback("started", far_call_sid, gt, 1))
     params = content(far_call_sid, gt, 2, "half a", final=False)
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
-    stored, ref, *_ = store._call(
-        keys=store.cluster_keys.call_keys(far_call_sid), args=store.args(event, store.now_ms())
-    )
+    stored, ref, *_ = step_one(store, event)
     assert stored == 1 and ref.decode().startswith("p/")
     assert cluster_client.xlen(KEYS.events) == 1  # the started event only
     for _ in range(3):
@@ -244,8 +272,7 @@ def test_a_partial_past_its_retention_is_past_healing(cluster_app, cluster_clien
     store: ClusterStore = cluster_app.extensions["receiver"].store
     params = content(far_call_sid, sid("GT"), 2, "half a", final=False)
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
-    args = store.args(event, store.now_ms())
-    assert store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)[0] == 1
+    assert step_one(store, event)[0] == 1
     cluster_client.delete(KEYS.partials(far_call_sid))  # PARTIALS_RETENTION_SECONDS passed
     assert store.append(event) == "duplicate"
     assert cluster_client.xlen(KEYS.events) == 0
@@ -257,8 +284,7 @@ def test_a_retry_heals_a_crash_between_the_steps(cluster_app, cluster_client, fa
     params = callback("started", far_call_sid, sid("GT"), 1)
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
     # The first delivery: step 1 only, then the receiver dies before steps 2 and 3.
-    args = store.args(event, store.now_ms())
-    stored, entry_id, *_ = store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)
+    stored, entry_id, *_ = step_one(store, event)
     assert stored == 1
     assert cluster_client.xlen(KEYS.events) == 0
     assert cluster_client.zscore(KEYS.active_calls, far_call_sid) is None
@@ -364,8 +390,7 @@ def test_a_late_replay_still_reaches_the_global_stream(
     store: ClusterStore = cluster_app.extensions["receiver"].store
     params = content(far_call_sid, sid("GT"), 3, "spooled during an outage")
     event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00.000Z")
-    args = store.args(event, store.now_ms())
-    assert store._call(keys=store.cluster_keys.call_keys(far_call_sid), args=args)[0] == 1
+    assert step_one(store, event)[0] == 1
     time.sleep(0.05)  # the entry is now older than the window
     assert store.append(event) == "duplicate"
     assert cluster_client.xlen(KEYS.events) == 1

@@ -284,10 +284,11 @@ def test_an_event_from_a_clock_ahead_is_remembered_as_long_as_it_can_be_replayed
     its identity must live that long, even when that is past CALL_RETENTION_SECONDS."""
     short = replace(settings, call_retention_seconds=60, max_event_age_seconds=60)
     client = create_app(short).test_client()
-    params = content(call_sid, sid("GT"), 2, "from the future")
+    gt = sid("GT")
+    params = content(call_sid, gt, 2, "from the future")
     params["Timestamp"] = _at(timedelta(seconds=150))
     assert post(client, params).status_code == 200
-    assert redis_client.ttl(KEYS.seen(call_sid)) >= 150 + 60 - 5
+    assert redis_client.ttl(KEYS.seen(call_sid, gt)) >= 150 + 60 - 5
 
 
 def test_the_spools_own_replays_are_not_refused_for_age(redis_server, redis_client, tmp_path):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from receiver import create_app
 from receiver.config import Settings
-from receiver.events import Event, InvalidEvent, TrackLabels, parse
+from receiver.events import MAX_SEQUENCE_ID, Event, InvalidEvent, TrackLabels, parse
 from receiver.storage.durable import Drainer, DurableWriter, stop_drainers
 from receiver.storage.spool import HEADER_LENGTH, Rejection, Spool, SpoolError, decode, encode
 from receiver.storage.store import Keys, Store
@@ -103,6 +103,21 @@ def test_a_line_with_a_bad_checksum_or_version_is_refused():
 
     with pytest.raises(ValueError, match="version 99"):
         decode(b"%08x %s" % (zlib.crc32(payload), payload))
+
+
+@pytest.mark.parametrize("sequence_id", [MAX_SEQUENCE_ID + 1, 10**14 - 1, -1, None])
+def test_an_event_whose_identity_redis_cannot_hold_is_set_aside(tmp_path, sequence_id):
+    """Its SequenceId is a bit offset in Redis: an event spooled by a release with a higher
+    bound (or none) would make Redis allocate that much, or fail forever. It is kept aside, and
+    the records after it are replayed."""
+    spool = Spool(tmp_path)
+    spool.append(replace(full_event(), sequence_id=sequence_id, dedup_key="x"))
+    spool.append(full_event())
+    _, entries = spool.read_batch()
+    assert [e.record for e in entries] == [None, full_event()]
+    with pytest.raises(ValueError, match="SequenceId"):
+        decode(entries[0].raw)
+    assert decode(encode(replace(full_event(), sequence_id=MAX_SEQUENCE_ID)).rstrip(b"\n"))
 
 
 def test_records_come_back_in_order_and_the_cursor_survives_a_restart(tmp_path, call_sid):

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from receiver import create_app
-from receiver.events import Event, InvalidEvent, parse
+from receiver.events import MAX_SEQUENCE_ID, Event, InvalidEvent, parse
 from receiver.protocol import timestamp
 from receiver.storage.store import Keys, Store
 
@@ -109,12 +109,73 @@ def test_identities_live_for_the_freshness_window_only(redis_client, call_sid):
     gt = sid("GT")
     short = Store(redis_client, KEYS, 7200, 1000, 1000, max_event_age_seconds=600)
     short.append(event_of(content(call_sid, gt, 1, "hello")))
-    assert 800 < redis_client.ttl(KEYS.seen(call_sid)) <= 900  # 600 + 300 of clock skew
+    assert 800 < redis_client.ttl(KEYS.seen(call_sid, gt)) <= 900  # 600 + 300 of clock skew
     assert redis_client.ttl(KEYS.call(call_sid)) > 7000
     # As long as an event stamped ahead of our clock can pass the door, also past the data.
     long = Store(redis_client, KEYS, 700, 1000, 1000, max_event_age_seconds=600)
     long.append(event_of(content(call_sid, gt, 2, "hello again")))
-    assert 800 < redis_client.ttl(KEYS.seen(call_sid)) <= 900
+    assert 800 < redis_client.ttl(KEYS.seen(call_sid, gt)) <= 900
+
+
+def test_identities_are_a_bitmap_per_transcription(redis_client, call_sid):
+    """Bit SequenceId of the transcription's own key: a call-hour's identities in bytes, not
+    one set member per event."""
+    store = Store(redis_client, KEYS, 7200, 100_000, 1000, max_event_age_seconds=600)
+    gt, other = sid("GT"), sid("GT")
+    events = conversation(call_sid, gt, utterances=40)
+    for params in events:
+        assert store.append(event_of(params)) == "stored"
+    assert store.append(event_of(content(call_sid, other, 3, "a second transcription")))
+    for params in events[::7]:
+        assert store.append(event_of(params)) == "duplicate"
+    bitmap = KEYS.seen(call_sid, gt)
+    assert redis_client.type(bitmap) == "string"
+    assert redis_client.strlen(bitmap) == len(events) // 8 + 1  # SequenceIds 1 to len(events)
+    assert redis_client.bitcount(bitmap) == len(events)
+    assert [redis_client.getbit(bitmap, n) for n in (0, 1, len(events), len(events) + 1)] == [
+        0,
+        1,
+        1,
+        0,
+    ]
+    assert redis_client.bitcount(KEYS.seen(call_sid, other)) == 1
+    assert 800 < redis_client.ttl(bitmap) <= 900
+    assert not redis_client.exists(KEYS.seen_set(call_sid))
+    assert redis_client.memory_usage(bitmap, samples=0) < 200
+
+
+def test_an_identity_in_the_calls_seen_set_is_a_duplicate(redis_client, call_sid):
+    """A retry of an event that a receiver keeping identities as a set stored: still a
+    duplicate while that set lives, and the set is never written."""
+    store = Store(redis_client, KEYS, 7200, 1000, 1000, max_event_age_seconds=600)
+    gt = sid("GT")
+    stored = content(call_sid, gt, 5, "stored under the set")
+    redis_client.sadd(KEYS.seen_set(call_sid), f"{gt}:5")
+    redis_client.expire(KEYS.seen_set(call_sid), 100)
+    assert store.append(event_of(stored)) == "duplicate"
+    assert store.append_many([event_of(stored)]) == ["duplicate"]
+    assert not redis_client.exists(KEYS.call(call_sid), KEYS.events, KEYS.seen(call_sid, gt))
+    assert store.append(event_of(content(call_sid, gt, 6, "the next one"))) == "stored"
+    assert redis_client.smembers(KEYS.seen_set(call_sid)) == {f"{gt}:5"}
+    assert 0 < redis_client.ttl(KEYS.seen_set(call_sid)) <= 100
+    assert redis_client.xlen(KEYS.call(call_sid)) == 1
+
+
+def test_sequence_ids_are_bounded_by_the_bitmap(client, redis_client, call_sid):
+    """SETBIT allocates up to the highest offset: the highest SequenceId accepted costs 2 MB
+    for its transcription, one more is a dead letter and allocates nothing."""
+    gt = sid("GT")
+    assert post(client, content(call_sid, gt, MAX_SEQUENCE_ID, "the last")).status_code == 200
+    assert redis_client.strlen(KEYS.seen(call_sid, gt)) == 2 * 1024 * 1024
+    other = sid("GT")
+    response = post(client, content(call_sid, other, MAX_SEQUENCE_ID + 1, "one too many"))
+    assert response.status_code == 400
+    assert response.get_json()["error"] == (
+        f"SequenceId ('{MAX_SEQUENCE_ID + 1}'): must be at most {MAX_SEQUENCE_ID}"
+    )
+    ((_, rejected),) = redis_client.xrange(KEYS.rejected)
+    assert rejected["field"] == "SequenceId"
+    assert not redis_client.exists(KEYS.seen(call_sid, other))
 
 
 class Clock:

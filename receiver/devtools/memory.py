@@ -128,9 +128,10 @@ class Figures:
     # At the end of the call (not per hour: the partials window does not grow with the call):
     # every key, the partials stream holding PARTIALS_RETENTION_SECONDS' worth.
     peak_live_call: int
-    # After the call and its partial retention: inside the freshness window (seen set kept) ...
+    # After the call and its partial retention: inside the freshness window (the seen bitmap
+    # kept) ...
     retained_with_seen: int
-    # ... and after it (the seen set has expired).
+    # ... and after it (the seen bitmap has expired).
     retained_without_seen: int
     seen: int
     # For comparison: every partial kept as long as the call.
@@ -247,6 +248,7 @@ def measure(
     received_at = "2026-11-28T09:00:00.000Z"
     callbacks = list(_callbacks(call_sid, workload, seed))
     stop = callbacks.pop()
+    seen_key = keys.seen(call_sid, callbacks[0]["TranscriptionSid"])
     partial_count = 0
     try:
         for params in callbacks:
@@ -256,7 +258,7 @@ def measure(
             keys.call(call_sid),
             keys.partials(call_sid),
             keys.finals(call_sid),
-            keys.seen(call_sid),
+            seen_key,
             keys.labels(call_sid),
             keys.transcriptions(call_sid),
         ]
@@ -274,7 +276,7 @@ def measure(
         while client.exists(keys.partials(call_sid)) and time.monotonic() < deadline:
             time.sleep(0.01)
         retained = _memory(client, call_keys)
-        seen = _memory(client, [keys.seen(call_sid)])
+        seen = _memory(client, [seen_key])
     finally:
         for key in client.scan_iter(match=f"{keys.prefix}:*"):
             client.unlink(key)
@@ -310,8 +312,8 @@ def report(figures: Figures) -> list[str]:
         "per call-hour (the peak: for this call):",
         f"  peak of the live call, at its end        {mb(figures.peak_live_call)}",
         f"  retained, inside the freshness window    {mb(hour(figures.retained_with_seen))}",
-        f"  retained, after it (no seen set)         {mb(hour(figures.retained_without_seen))}",
-        f"  of which the seen set                    {mb(hour(figures.seen))}",
+        f"  retained, after it (no seen bitmap)      {mb(hour(figures.retained_without_seen))}",
+        f"  of which the seen bitmap                 {mb(hour(figures.seen))}",
         f"  every partial kept as long as the call   {mb(hour(figures.all_partials_kept))}",
         f"  rtt:events, per event                    {figures.events_stream_bytes_per_event:.0f} B",
         "Goal, at most 1 MB retained per call-hour: "

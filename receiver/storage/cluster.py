@@ -85,18 +85,20 @@ class ClusterKeys:
     def published(self, call_sid: str) -> str:
         return f"{self.keys.call(call_sid)}:published"
 
-    def call_keys(self, call_sid: str) -> list[str]:
-        """The KEYS of ``cluster_call.lua``, in its order: all in the call's slot."""
+    def call_keys(self, call_sid: str, transcription_sid: str) -> list[str]:
+        """The KEYS of ``cluster_call.lua`` for an event of ``transcription_sid``, in its
+        order: all in the call's slot."""
         k = self.keys
         return [
             k.call(call_sid),
-            k.seen(call_sid),
+            k.seen(call_sid, transcription_sid),
             k.labels(call_sid),
             k.finals(call_sid),
             k.transcriptions(call_sid),
             self.entries(call_sid),
             self.published(call_sid),
             k.partials(call_sid),
+            k.seen_set(call_sid),
         ]
 
 
@@ -169,7 +171,8 @@ class ClusterStore(Store):
         now_ms = self.now_ms()
         args = self.args(event, now_ms)
         stored, ref, state_id, in_progress, *fields = self._call(
-            keys=self.cluster_keys.call_keys(event.call_sid), args=args
+            keys=self.cluster_keys.call_keys(event.call_sid, event.transcription_sid),
+            args=args,
         )
         if _text(ref):
             self._events(

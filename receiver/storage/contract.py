@@ -50,7 +50,16 @@ class Keys:
     def partials(self, call_sid: str) -> str:
         return f"{self.call(call_sid)}:partials"
 
-    def seen(self, call_sid: str) -> str:
+    def seen(self, call_sid: str, transcription_sid: str) -> str:
+        """One transcription's identities: a bitmap whose bit ``SequenceId`` is set once that
+        event is stored (bytes: the highest SequenceId / 8, so about 2 KB per call-hour)."""
+        return f"{self.call(call_sid)}:seen:{transcription_sid}"
+
+    def seen_set(self, call_sid: str) -> str:
+        """A call's identities as a set of ``TranscriptionSid:SequenceId``, as receivers that
+        predate the bitmaps kept them: consulted, never written, so that a retry of an event
+        stored by such a receiver stays a duplicate until the set expires by itself (one
+        freshness window after its last write)."""
         return f"{self.call(call_sid)}:seen"
 
     def labels(self, call_sid: str) -> str:
@@ -62,18 +71,19 @@ class Keys:
     def transcriptions(self, call_sid: str) -> str:
         return f"{self.call(call_sid)}:transcriptions"
 
-    def store_keys(self, call_sid: str) -> list[str]:
-        """The KEYS of ``store.lua``, in its order."""
+    def store_keys(self, call_sid: str, transcription_sid: str) -> list[str]:
+        """The KEYS of ``store.lua`` for an event of ``transcription_sid``, in its order."""
         return [
             self.call(call_sid),
             self.events,
-            self.seen(call_sid),
+            self.seen(call_sid, transcription_sid),
             self.labels(call_sid),
             self.finals(call_sid),
             self.active_calls,
             self.transcriptions(call_sid),
             self.partials(call_sid),
             self.recent_calls,
+            self.seen_set(call_sid),
         ]
 
 

@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from receiver.events import Event, InvalidEvent, TrackLabels
+from receiver.events import MAX_SEQUENCE_ID, Event, InvalidEvent, TrackLabels
 from receiver.signature import request_digest
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,11 @@ def decode(line: bytes) -> Record:
         unknown = set(data) - EVENT_FIELDS
         if unknown:
             raise ValueError(f"event fields {sorted(unknown)} unknown to this release")
+        sequence_id = data.get("sequence_id")
+        if not isinstance(sequence_id, int) or not 0 <= sequence_id <= MAX_SEQUENCE_ID:
+            # A bit offset of the seen bitmap in Redis (docs/storage.md): spooled by a release
+            # that accepted it, this event cannot be stored by this one.
+            raise ValueError(f"SequenceId {sequence_id!r} is not from 0 to {MAX_SEQUENCE_ID}")
         return Event(**{**data, "url_labels": TrackLabels(**data["url_labels"])})
     if body.get("kind") == "rejected":
         error = body["error"]

@@ -143,7 +143,7 @@ class Store:
     def append(self, event: Event) -> Outcome:
         """Store ``event`` unless its (TranscriptionSid, SequenceId) was stored before."""
         entry_id = self._script(
-            keys=self.keys.store_keys(event.call_sid),
+            keys=self.keys.store_keys(event.call_sid, event.transcription_sid),
             args=self.args(event, self.now_ms()),
             client=self._connection(),
         )
@@ -164,7 +164,11 @@ class Store:
         packed = [
             hiredis.pack_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
             for keys, args in (
-                (self.keys.store_keys(event.call_sid), self.args(event, now_ms)) for event in events
+                (
+                    self.keys.store_keys(event.call_sid, event.transcription_sid),
+                    self.args(event, now_ms),
+                )
+                for event in events
             )
         ]
         results: list[Any] = self._round_trip(packed)

@@ -2,8 +2,8 @@
 -- trip) and cluster_call.lua (Redis Cluster: step 1). Every key here carries the hash tag
 -- {CallSid}, so they all live in the call's slot. Prepended to those scripts' text.
 --
--- k: stream, seen, labels, finals, transcriptions, partials (key names); ARGV as documented in
--- store.lua. Returns the entry id, its fields, whether the call is still in progress and whether
+-- k: stream, seen, labels, finals, transcriptions, partials, seen_set (key names); ARGV as
+-- documented in store.lua. Returns the entry id, its fields, whether the call is still in progress and whether
 -- the entry is a partial result (then the id is in the partials stream, not the call stream), or
 -- nil when the event was stored before.
 -- A call is in progress while any of its transcriptions is.
@@ -15,7 +15,11 @@ local function call_in_progress(transcriptions)
 end
 
 local function store_call(k)
-  if redis.call('SADD', k.seen, ARGV[1]) == 0 then
+  -- An identity is bit SequenceId of its transcription's bitmap; SETBIT answers the bit it
+  -- replaced. An identity in the call's set of "TranscriptionSid:SequenceId" (how receivers
+  -- that predate the bitmaps kept them) was stored too, until that set expires by itself.
+  if redis.call('SISMEMBER', k.seen_set, ARGV[1]) == 1
+      or redis.call('SETBIT', k.seen, ARGV[12], 1) == 1 then
     return nil
   end
   local retention = tonumber(ARGV[2])

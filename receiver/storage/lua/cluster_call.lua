@@ -1,13 +1,15 @@
 -- Redis Cluster, step 1: the call's own keys (one slot, hash tag {CallSid}).
 -- Runs after call_store.lua, whose text is prepended (cluster.CALL_SCRIPT).
 --
--- KEYS[1] call stream   KEYS[2] seen set   KEYS[3] labels hash   KEYS[4] finals sorted set
--- KEYS[5] transcriptions hash   KEYS[6] entries hash (dedup key -> entry ref)
+-- KEYS[1] call stream   KEYS[2] seen bitmap of the event's transcription   KEYS[3] labels hash
+-- KEYS[4] finals sorted set   KEYS[5] transcriptions hash
+-- KEYS[6] entries hash (dedup key -> entry ref)
 -- KEYS[7] published set (entry refs known to be in the global stream)   KEYS[8] partials stream
+-- KEYS[9] the call's seen set (consulted, never written: see call_store.lua)
 -- ARGV as in store.lua.
 --
 -- An entry ref is the call stream entry id, or "p/<id>" for an entry of the partials stream
--- (the two streams' ids can be equal). The refs live as long as the seen set (ARGV[16]): a
+-- (the two streams' ids can be equal). The refs live as long as the seen bitmap (ARGV[16]): a
 -- retry or a replay that could heal comes within that window, or not at all. A partial's ref
 -- goes once it is published (step 2b) or found past healing, so that the refs of a call that
 -- has ended are its record's only.
@@ -33,7 +35,7 @@ end
 
 local id, fields, active, partial = store_call({
   stream = KEYS[1], seen = KEYS[2], labels = KEYS[3], finals = KEYS[4], transcriptions = KEYS[5],
-  partials = KEYS[8],
+  partials = KEYS[8], seen_set = KEYS[9],
 })
 if id then
   local ref, state_id = id, id

@@ -1,17 +1,19 @@
 -- Append one normalized transcription event, exactly once, in one atomic step (one Redis).
 -- Runs after call_store.lua, whose text is prepended (store.STORE_SCRIPT).
 --
--- KEYS[1] call stream        KEYS[2] global events stream   KEYS[3] seen set (dedup)
+-- KEYS[1] call stream        KEYS[2] global events stream
+-- KEYS[3] seen bitmap of the event's transcription (dedup: bit SequenceId)
 -- KEYS[4] labels hash         KEYS[5] finals sorted set       KEYS[6] active calls sorted set
 -- KEYS[7] transcriptions hash (TranscriptionSid -> active | stopped)
 -- KEYS[8] partials stream     KEYS[9] recent calls sorted set
+-- KEYS[10] the call's seen set ("TranscriptionSid:SequenceId"; consulted, never written)
 --
 -- ARGV[1] dedup key           ARGV[2] retention seconds       ARGV[3] events MAXLEN
 -- ARGV[4] CallSid             ARGV[5] TranscriptionSid        ARGV[6] event
 -- ARGV[7] track (inbound | outbound | "")                     ARGV[8] label sent in Track
 -- ARGV[9] URL inbound label   ARGV[10] URL outbound label     ARGV[11] final ("1" | "")
--- ARGV[12] SequenceId or ""   ARGV[13] now, ms                ARGV[14] started: inbound label
--- ARGV[15] started: outbound label                            ARGV[16] seen set lifetime, s
+-- ARGV[12] SequenceId         ARGV[13] now, ms                ARGV[14] started: inbound label
+-- ARGV[15] started: outbound label                            ARGV[16] seen bitmap lifetime, s
 -- ARGV[17] partials retention, s                              ARGV[18] finals score or ""
 -- ARGV[19..] field, value, ... of the stream entry (without track and track_label)
 --
@@ -20,7 +22,7 @@
 
 local id, fields, active, partial = store_call({
   stream = KEYS[1], seen = KEYS[3], labels = KEYS[4], finals = KEYS[5], transcriptions = KEYS[7],
-  partials = KEYS[8],
+  partials = KEYS[8], seen_set = KEYS[10],
 })
 if not id then
   return false
