@@ -63,8 +63,8 @@ class Settings:
     # at 3.3 words a second is 1,000 words, 300 KB. 1 MiB leaves over 3x that; a 413 is
     # never retried, so a limit too small would lose the longest utterances for good.
     max_body_bytes: int = 1024 * 1024
-    # Durability when Redis cannot take an event in time (see receiver/storage/spool.py); None: no spool,
-    # a Redis outage is answered 503.
+    # Durability when Redis cannot take an event in time (see receiver/storage/spool.py); None:
+    # no spool, a Redis outage is answered 503.
     spool_dir: str | None = None
     spool_max_bytes: int = 1024**3
     redis_timeout_ms: int = 1000

@@ -2,8 +2,8 @@
 
 The receiver answers 2xx only once an event is durable. When Redis is down or slower than
 ``REDIS_TIMEOUT_MS``, the event is written and fsynced here instead, and a drainer
-(``receiver/storage/durable.py``) replays it into Redis later, in order, through the same exactly-once
-script. Everything in this module is about the file; nothing here talks to Redis.
+(``receiver/storage/durable.py``) replays it into Redis later, in order, through the same
+exactly-once script. Everything in this module is about the file; nothing here talks to Redis.
 
 Layout of ``SPOOL_DIR`` (a local disk; flock is not to be trusted on network filesystems):
 
