@@ -1,5 +1,6 @@
 """What gunicorn's start-up (``on_starting`` in receiver/server/gunicorn_conf.py) sees to and
-says, under the real gunicorn: the open-file limit that ``worker_connections`` needs."""
+says, under the real gunicorn: the open-file limit that ``worker_connections`` needs, and a
+receiver reachable from other machines while the Host header picks the URL that is checked."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from receiver.server import gunicorn_conf
 from receiver.server.gevent_worker import RESERVED_FILES
+from receiver.server.network import free_port
 from receiver.server.process import Served, gunicorn_command, start
 
 from .support.processes import GUNICORN_CONFIG, ROOT
@@ -18,6 +20,7 @@ from .support.twilio_calls import TOKEN
 pytestmark = pytest.mark.slow  # starts gunicorn
 
 NEEDED = gunicorn_conf.worker_connections + RESERVED_FILES
+EXPOSED = "without PUBLIC_BASE_URL or PROXY_HOPS"
 
 
 @pytest.fixture
@@ -63,6 +66,7 @@ def test_the_open_file_limit_is_raised_for_the_workers_connections(serve):
     for worker in served.worker_pids():
         assert _open_files(worker)[0] == NEEDED
     assert "RLIMIT_NOFILE" not in served.log_tail(100_000)
+    assert EXPOSED not in served.log_tail(100_000)  # on loopback: nothing to say
 
 
 def test_a_hard_limit_too_low_is_said_at_start_and_the_workers_fit_it(serve):
@@ -78,3 +82,21 @@ def test_a_hard_limit_too_low_is_said_at_start_and_the_workers_fit_it(serve):
     assert "the open-file limit (RLIMIT_NOFILE) is 4096" in log
     assert f"ulimit -Hn {NEEDED}" in log
     assert served.answers("/healthz")
+
+
+def test_listening_beyond_loopback_without_the_public_url_is_warned_about(serve):
+    """As Procfile and deploy/Dockerfile run it (every interface): a warning naming both
+    variables, unless one is set."""
+    port = free_port()
+    served = serve(BIND=f"0.0.0.0:{port}", PORT=str(port))
+    assert EXPOSED in served.log_tail(100_000)
+    assert "PUBLIC_BASE_URL to the URL Twilio calls" in served.log_tail(100_000)
+    served.stop()
+    port = free_port()
+    served = serve(
+        BIND=f"0.0.0.0:{port}", PORT=str(port), PUBLIC_BASE_URL="https://rtt.example.com"
+    )
+    assert EXPOSED not in served.log_tail(100_000)
+    port = free_port()
+    served = serve(BIND=f"0.0.0.0:{port}", PORT=str(port), PROXY_HOPS="1")
+    assert EXPOSED not in served.log_tail(100_000)

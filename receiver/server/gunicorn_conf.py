@@ -202,6 +202,8 @@ def on_starting(server):
         raise SystemExit(f"rtt-receiver: {error}") from None
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     _check_connections(server)
+    if not settings.public_base_url and not settings.proxy_hops:
+        _warn_if_exposed(server)
     if settings.accounts:
         from receiver.server import accounts_file
 
@@ -225,6 +227,26 @@ def _check_connections(server) -> None:
     warning = gevent_worker.raise_open_files(server.cfg.worker_connections)
     if warning:
         server.log.warning("rtt-receiver: %s", warning)
+
+
+def _warn_if_exposed(server) -> None:
+    """``receiver serve`` refuses this; gunicorn run directly (Procfile, Dockerfile) says so."""
+    from receiver.server.network import is_loopback
+
+    exposed = [
+        host
+        for host, *_ in (a for a in server.cfg.address if isinstance(a, tuple))
+        if not is_loopback(host)
+    ]
+    if exposed:
+        server.log.warning(
+            "rtt-receiver: listening on %s without PUBLIC_BASE_URL or PROXY_HOPS: each "
+            "request's Host header picks the URL whose signature is checked, so a callback "
+            "signed for another endpoint of your Twilio account (staging, say) verifies here. "
+            "Set PUBLIC_BASE_URL to the URL Twilio calls, or PROXY_HOPS to the number of "
+            "proxies in front",
+            ", ".join(exposed),
+        )
 
 
 def on_reload(server):
