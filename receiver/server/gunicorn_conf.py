@@ -13,15 +13,16 @@ Metrics: each worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR so
 adds up all workers. When it is not set, a private directory is created here and removed on
 exit; a directory you set yourself is yours to empty between runs (prometheus_client's rule).
 
-Worker class: gevent, 2 workers, up to 1,000 connections each. Chosen by two measurements
-(docs/performance.md). Slow clients: with gthread (2 x 4 threads), 20 connections trickling a
-body and 20 trickling headers, plus 100 idle connections a second, kept every signed callback
-waiting past a 10 s deadline (tests/test_slow_clients.py); with gevent each such connection is
-a greenlet, and the callbacks were answered in 4-17 ms. Speed: in alternating runs of the same
-load on the shared 2-core machine, gevent spent 1,402-1,628 us of gunicorn CPU and 148-151 us of
-Redis CPU per stored callback against gthread's 1,488-1,644 us and 173-234 us, and answered
-more (group commit batches a worker's concurrent callbacks, and a gevent worker has more of
-them in flight than 4 threads). Every reliability and fault test runs with it. Scale with
+Worker class: gevent, 2 workers, up to 10,000 connections each, every request to arrive whole
+within 10 s (receiver/server/gevent_worker.py: the deadlines, the numbers and why). Chosen by
+two measurements (docs/performance.md). Slow clients: with gthread (2 x 4 threads), 20
+connections trickling a body and 20 trickling headers, plus 100 idle connections a second, kept
+every signed callback waiting past a 10 s deadline (tests/test_slow_clients.py); with gevent
+each such connection is a greenlet, and the deadlines free its slot. Speed: in alternating
+runs of the same load on the shared 2-core machine, gevent spent 1,402-1,628 us of gunicorn CPU
+and 148-151 us of Redis CPU per stored callback against gthread's 1,488-1,644 us and 173-234 us,
+and answered more (group commit batches a worker's concurrent callbacks, and a gevent worker has
+more of them in flight than 4 threads). Every reliability and fault test runs with it. Scale with
 WEB_CONCURRENCY = cores (Redis needs CPU too).
 """
 
@@ -34,6 +35,7 @@ import tempfile
 from gunicorn import glogging
 
 from receiver.config import ConfigError, int_setting
+from receiver.server import gevent_worker
 
 # Set before any worker imports prometheus_client, which reads it at import time. The second
 # variable marks the directory as ours, also across a configuration reload (SIGHUP).
@@ -51,9 +53,13 @@ try:
     threads = int_setting(os.environ, "GUNICORN_THREADS", 4, 1)
 except ConfigError as error:
     raise SystemExit(f"rtt-receiver: {error}") from None
-worker_class = "gevent"
-worker_connections = 1000  # per worker: connections served at once, each a greenlet
-keepalive = 75  # longer than common load balancers' idle timeouts, so they close first
+# gunicorn's gevent worker with a deadline on receiving each request (gevent_worker.py says why,
+# and why these numbers); gunicorn's own on releases it was not checked against.
+worker_class = gevent_worker.DeadlineGeventWorker if gevent_worker.SUPPORTED else "gevent"
+# Per worker: connections served at once, each a greenlet. Sized for clients that hold one idle
+# for `keepalive` seconds after a request: 100 new ones a second hold 7,500 (gevent_worker.py).
+worker_connections = 10_000
+keepalive = 75  # idle between requests: longer than common load balancers' idle timeouts
 timeout = 30
 graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
 # Bounded request parsing: Twilio's callbacks are small.
@@ -195,6 +201,9 @@ def on_starting(server):
     except ValueError as error:
         raise SystemExit(f"rtt-receiver: {error}") from None
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    _check_connections(server)
+    if not settings.public_base_url and not settings.proxy_hops:
+        _warn_if_exposed(server)
     if settings.accounts:
         from receiver.server import accounts_file
 
@@ -202,6 +211,42 @@ def on_starting(server):
             accounts_file.keep()
         except (ConfigError, OSError) as error:
             raise SystemExit(f"rtt-receiver: {error}") from None
+
+
+def _check_connections(server) -> None:
+    """The open-file limit that worker_connections needs, raised before any worker forks."""
+    if not gevent_worker.SUPPORTED and server.cfg.worker_class_str == "gevent":
+        import gunicorn
+
+        server.log.warning(
+            "rtt-receiver: gunicorn %s is not a release the request deadlines were checked "
+            "against (receiver/server/gevent_worker.py): gunicorn's own gevent worker runs, and "
+            "a silent connection holds a slot for keepalive seconds",
+            gunicorn.__version__,
+        )
+    warning = gevent_worker.raise_open_files(server.cfg.worker_connections)
+    if warning:
+        server.log.warning("rtt-receiver: %s", warning)
+
+
+def _warn_if_exposed(server) -> None:
+    """``receiver serve`` refuses this; gunicorn run directly (Procfile, Dockerfile) says so."""
+    from receiver.server.network import is_loopback
+
+    exposed = [
+        host
+        for host, *_ in (a for a in server.cfg.address if isinstance(a, tuple))
+        if not is_loopback(host)
+    ]
+    if exposed:
+        server.log.warning(
+            "rtt-receiver: listening on %s without PUBLIC_BASE_URL or PROXY_HOPS: each "
+            "request's Host header picks the URL whose signature is checked, so a callback "
+            "signed for another endpoint of your Twilio account (staging, say) verifies here. "
+            "Set PUBLIC_BASE_URL to the URL Twilio calls, or PROXY_HOPS to the number of "
+            "proxies in front",
+            ", ".join(exposed),
+        )
 
 
 def on_reload(server):
