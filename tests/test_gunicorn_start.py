@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.server import gunicorn_conf
-from receiver.server.gevent_worker import RESERVED_FILES
+from receiver.server.gevent_worker import RESERVED_FILES, WORKER_CONNECTIONS
 from receiver.server.network import free_port
 from receiver.server.process import Served, gunicorn_command, start
 
@@ -19,7 +18,7 @@ from .support.twilio_calls import TOKEN
 
 pytestmark = pytest.mark.slow  # starts gunicorn
 
-NEEDED = gunicorn_conf.worker_connections + RESERVED_FILES
+NEEDED = WORKER_CONNECTIONS + RESERVED_FILES
 EXPOSED = "without PUBLIC_BASE_URL or PROXY_HOPS"
 
 

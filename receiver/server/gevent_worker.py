@@ -51,6 +51,9 @@ import gunicorn
 from gunicorn.workers.ggevent import GeventWorker
 
 REQUEST_SECONDS = 10.0
+# gunicorn's worker_connections: sized for clients that hold one idle for ``keepalive`` seconds
+# after a request (100 new ones a second hold 7,500).
+WORKER_CONNECTIONS = 10_000
 # Descriptors a worker needs besides its connections: Redis connections, the spool, metrics
 # files, logs, gevent's own (an idle worker has about 16 open).
 RESERVED_FILES = 256

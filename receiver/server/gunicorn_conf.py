@@ -56,9 +56,8 @@ except ConfigError as error:
 # gunicorn's gevent worker with a deadline on receiving each request (gevent_worker.py says why,
 # and why these numbers); gunicorn's own on releases it was not checked against.
 worker_class = gevent_worker.DeadlineGeventWorker if gevent_worker.SUPPORTED else "gevent"
-# Per worker: connections served at once, each a greenlet. Sized for clients that hold one idle
-# for `keepalive` seconds after a request: 100 new ones a second hold 7,500 (gevent_worker.py).
-worker_connections = 10_000
+# Per worker: connections served at once, each a greenlet (gevent_worker.py says why so many).
+worker_connections = gevent_worker.WORKER_CONNECTIONS
 keepalive = 75  # idle between requests: longer than common load balancers' idle timeouts
 timeout = 30
 graceful_timeout = 30  # on SIGTERM or SIGHUP, in-flight callbacks get this long to finish
