@@ -198,7 +198,8 @@ def test_metrics_and_log_line_carry_the_account_never_a_token(multi, caplog, mon
     assert ACCOUNT_C not in multi.get("/metrics").get_data(as_text=True)
 
 
-def test_spooled_records_replay_under_their_account_s_prefix(tmp_path, own_redis):
+def spooled_during_an_outage(tmp_path, own_redis) -> tuple[Spool, str, str]:
+    """A call of account A and one of B, accepted into the spool while Redis was down."""
     s = settings_with(write_accounts(tmp_path / "accounts.yaml"), REDIS_URL=own_redis.url)
     store = open_store(s)
     spool = Spool(tmp_path / "spool")
@@ -210,7 +211,14 @@ def test_spooled_records_replay_under_their_account_s_prefix(tmp_path, own_redis
         event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00Z")
         assert writer.write(event) == "spooled"
     own_redis.start()
-    drainer = Drainer(writer)
+    return spool, call_a, call_b
+
+
+def test_spooled_records_replay_under_their_account_s_prefix(tmp_path, own_redis):
+    spool, call_a, call_b = spooled_during_an_outage(tmp_path, own_redis)
+    s = settings_with(str(tmp_path / "accounts.yaml"), REDIS_URL=own_redis.url)
+    store = open_store(s)
+    drainer = Drainer(DurableWriter(store, spool, account_stores(s, store), s.serves))
     with spool.drain_lock() as held:
         assert held and drainer.drain()
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
@@ -230,17 +238,7 @@ def test_calls_in_progress_count_every_account_s_prefix(multi, monkeypatch):
 def test_a_spooled_record_of_an_account_since_removed_is_set_aside_not_misfiled(
     tmp_path, own_redis, caplog
 ):
-    before = settings_with(write_accounts(tmp_path / "before.yaml"), REDIS_URL=own_redis.url)
-    store = open_store(before)
-    spool = Spool(tmp_path / "spool")
-    writer = DurableWriter(store, spool, account_stores(before, store))
-    call_a, call_b = sid("CA"), sid("CA")
-    own_redis.kill()
-    for account, call in ((ACCOUNT_A, call_a), (ACCOUNT_B, call_b)):
-        params = signed_as(account, content(call, sid("GT"), 1, "while redis was down"))
-        event = parse({k: [v] for k, v in params.items()}, received_at="2026-11-28T09:00:00Z")
-        assert writer.write(event) == "spooled"
-    own_redis.start()
+    spool, call_a, call_b = spooled_during_an_outage(tmp_path, own_redis)
     # A restarts without account A: its record must not land under B's (or anyone's) prefix.
     after = settings_with(
         write_accounts(tmp_path / "after.yaml", {ACCOUNT_B: ACCOUNTS[ACCOUNT_B]}),
