@@ -31,6 +31,7 @@ from twilio.request_validator import RequestValidator
 
 from receiver.dashboard.process import start_dashboard
 from receiver.devtools.bench.probes import rss_mib
+from receiver.devtools.conversation import FINAL_STABILITY
 from receiver.protocol import TRACKS, callback_params, content_params, timestamp
 from receiver.server.embedded_redis import EmbeddedRedis
 from receiver.server.process import Served, start
@@ -115,9 +116,10 @@ class Viewers:
 def call_params(call_sid: str, gt: str, seq: int) -> dict[str, str]:
     """Callback ``seq`` of the bench's call, built as Twilio sends it and stamped now (the
     receiver refuses a ``Timestamp`` older than MAX_EVENT_AGE_SECONDS): a started, then content
-    alternating between the tracks every four events, each fourth one a final."""
+    alternating between the tracks every four events, each fourth one a final. Partial results
+    are on, so every content event carries Stability and no confidence, as Twilio sends them."""
     if seq == 1:
-        event, params = "started", {"Track": "both_tracks"}
+        event, params = "started", {"Track": "both_tracks", "PartialResults": "true"}
     else:
         final = seq % 4 == 0
         event = "content"
@@ -125,7 +127,7 @@ def call_params(call_sid: str, gt: str, seq: int) -> dict[str, str]:
             TRACKS[0] if seq % 8 < 4 else TRACKS[1],
             f"words {seq}",
             final=final,
-            confidence=0.9 if final else None,
+            stability=FINAL_STABILITY if final else 0.8,
         )
     return callback_params(
         event,
