@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -72,9 +73,15 @@ class Settings:
     # empty and account_sid None).
     accounts: tuple[Account, ...] = ()
 
+    @cached_property
+    def _accounts_by_sid(self) -> dict[str, Account]:
+        # Looked up on every callback (twice: whose tokens, then whether it is served): an ISV
+        # may list thousands of subaccounts.
+        return {account.sid: account for account in self.accounts}
+
     def account(self, sid: str | None) -> Account | None:
         """The account of ``TWILIO_ACCOUNTS_FILE`` with this SID, if any."""
-        return next((a for a in self.accounts if a.sid == sid), None)
+        return self._accounts_by_sid.get(sid) if sid is not None else None
 
     def serves(self, sid: str | None) -> bool:
         """Whether this receiver takes callbacks of this AccountSid: one of the accounts file's,
